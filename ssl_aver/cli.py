@@ -1,0 +1,75 @@
+"""The `ssl-aver` command line.
+
+Subcommands live in their own modules and are imported only when run, so `ssl-aver --help`
+is instant and `ssl_aver` never imports `pretext` or `finetune` at import time. A module in
+the registry provides `add_arguments(parser)` and `run(args) -> int`. Adding a command is one
+registry line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+from typing import Sequence
+
+from ssl_aver.errors import UserError
+
+#: command name -> (module providing add_arguments/run, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "demo-corpus": ("ssl_aver.demo_corpus", "generate the offline demo corpora (unlabeled AV clips + CREMA-D mini)"),
+    "demo": ("ssl_aver.demo", "run every pipeline stage end to end on the demo data"),
+    "scan": ("ssl_aver.corpora.folder", "scan a folder of media into a manifest CSV"),
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse that reports usage errors as one line with exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def _print_commands() -> None:
+    print("usage: ssl-aver COMMAND [options]   (ssl-aver COMMAND --help for its options)\n")
+    print("commands:")
+    width = max(len(name) for name in COMMANDS)
+    for name, (_, help_text) in COMMANDS.items():
+        print(f"  {name:<{width}}  {help_text}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        _print_commands()
+        return 0
+    if argv[0] in ("-V", "--version"):
+        from ssl_aver import __version__
+
+        print(f"ssl-aver {__version__}")
+        return 0
+    name = argv[0]
+    if name not in COMMANDS:
+        sys.stderr.write(f"ssl-aver: error: unknown command '{name}'; choose one of: {', '.join(COMMANDS)}\n")
+        return 2
+    logging.basicConfig(level=os.environ.get("SSL_AVER_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    module = importlib.import_module(COMMANDS[name][0])
+    parser = _Parser(prog=f"ssl-aver {name}", description=COMMANDS[name][1])
+    module.add_arguments(parser)
+    args = parser.parse_args(argv[1:])
+    try:
+        return int(module.run(args) or 0)
+    except UserError as err:
+        sys.stderr.write(f"ssl-aver {name}: error: {err}\n")
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write(f"ssl-aver {name}: interrupted\n")
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

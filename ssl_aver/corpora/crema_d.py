@@ -1,0 +1,107 @@
+"""CREMA-D in its own layout (Cao et al., 2014), with any subset of its media present.
+
+    ROOT/AudioWAV/<clip>.wav
+    ROOT/VideoFlash/<clip>.flv
+    ROOT/processedResults/tabulatedVotes.csv   (rating counts per clip and condition)
+    ROOT/VideoDemographics.csv                 (ActorID -> Age, Sex, Race, Ethnicity)
+
+Clip names are ActorID_Sentence_Emotion_Level (e.g. 1001_IEO_ANG_HI). A clip is listed when
+at least one of its media files exists; the rating tables turn into labels in
+`ssl_aver.crema_d_labels`.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ssl_aver.errors import UserError
+
+CLIP_RE = re.compile(r"^(?P<actor>\d{4})_(?P<sentence>[A-Z]{3})_(?P<emotion>[A-Z]{3})_(?P<level>[A-Z]{2})$")
+EMOTION_CODES = {"ANG": "anger", "DIS": "disgust", "FEA": "fear", "HAP": "happiness", "NEU": "neutral", "SAD": "sadness"}
+
+
+@dataclass(frozen=True)
+class CremaClip:
+    clip: str
+    actor: str
+    sentence: str
+    intended: str  # the emotion the actor was asked to portray (not the perceived label)
+    level: str
+    audio: str | None
+    video: str | None
+
+
+@dataclass
+class CremaD:
+    root: str
+    clips: list[CremaClip]
+    demographics: dict[str, dict[str, str]] = field(default_factory=dict)
+    votes_path: str | None = None
+    skipped: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def actors(self) -> list[str]:
+        return sorted({c.actor for c in self.clips})
+
+
+def parse_clip_name(name: str) -> dict[str, str] | None:
+    """Fields of a CREMA-D clip name, or None when it does not follow the corpus pattern."""
+    m = CLIP_RE.match(name)
+    return m.groupdict() if m else None
+
+
+def read_demographics(path: str | Path) -> dict[str, dict[str, str]]:
+    """ActorID -> {age, sex, race, ethnicity} from VideoDemographics.csv."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"demographics file not found: {p}")
+    table = pd.read_csv(p, dtype=str)
+    missing = {"ActorID", "Age", "Sex", "Race", "Ethnicity"} - set(table.columns)
+    if missing:
+        raise UserError(f"{p} lacks columns {sorted(missing)}; is it CREMA-D's VideoDemographics.csv?")
+    return {
+        str(row.ActorID): {"age": str(row.Age), "sex": str(row.Sex), "race": str(row.Race), "ethnicity": str(row.Ethnicity)}
+        for row in table.itertuples(index=False)
+    }
+
+
+def read_crema_d(root: str | Path) -> CremaD:
+    """List the clips present under a CREMA-D-layout folder with their media and metadata."""
+    base = Path(root)
+    if not base.is_dir():
+        raise UserError(f"CREMA-D folder not found: {base}")
+    audio = {p.stem: p for p in (base / "AudioWAV").glob("*.wav")} if (base / "AudioWAV").is_dir() else {}
+    video = {p.stem: p for p in (base / "VideoFlash").glob("*.flv")} if (base / "VideoFlash").is_dir() else {}
+    if not audio and not video:
+        raise UserError(f"no CREMA-D media under {base}: expected AudioWAV/*.wav and/or VideoFlash/*.flv")
+    clips: list[CremaClip] = []
+    skipped: list[dict[str, str]] = []
+    for name in sorted(set(audio) | set(video)):
+        fields = parse_clip_name(name)
+        if fields is None:
+            skipped.append({"clip": name, "reason": "name does not follow ActorID_Sentence_Emotion_Level"})
+            continue
+        clips.append(
+            CremaClip(
+                clip=name,
+                actor=fields["actor"],
+                sentence=fields["sentence"],
+                intended=EMOTION_CODES.get(fields["emotion"], fields["emotion"].lower()),
+                level=fields["level"],
+                audio=str(audio[name]) if name in audio else None,
+                video=str(video[name]) if name in video else None,
+            )
+        )
+    demo_path = base / "VideoDemographics.csv"
+    votes = base / "processedResults" / "tabulatedVotes.csv"
+    return CremaD(
+        root=str(base),
+        clips=clips,
+        demographics=read_demographics(demo_path) if demo_path.is_file() else {},
+        votes_path=str(votes) if votes.is_file() else None,
+        skipped=skipped,
+    )
