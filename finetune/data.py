@@ -1,0 +1,119 @@
+"""CREMA-D fine-tuning data: label tables from the real rating counts, joined with features.
+
+The labels come from `ssl_aver.crema_d_labels` (vote distributions per rating condition). A
+head trains on one condition (`voice`, `face` or `av`; paper 1 uses the audio-visual ratings)
+with either single-label targets (one-hot of the plurality vote, paper 1) or multi-label
+targets (multi-hot above 1/C, papers 3-4). Acoustic inputs are openSMILE LLD frames from a
+feature store (extracted once per corpus, then reused) or raw waveforms for wav2vec2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from ssl_aver.crema_d_labels import EMOTIONS, crema_d_labels, load_votes
+from ssl_aver.corpora.crema_d import read_crema_d, read_demographics
+from ssl_aver.errors import MediaError, UserError
+from ssl_aver.media import load_audio
+
+CONDITIONS = ("voice", "face", "av")
+
+
+@dataclass
+class TaskData:
+    """The label table of a corpus for one rating condition and target type."""
+
+    labels: Any  # pandas.DataFrame: clip, actor, demographics, target columns
+    classes: list[str]
+    targets: list[str]
+    task: str  # multiclass | multilabel
+    dropped: list[dict[str, str]]
+
+
+def crema_d_task(
+    root: str | Path,
+    condition: str = "av",
+    task: str = "multiclass",
+    tie_break: str = "intensity",
+    votes: str | Path | None = None,
+    demographics: str | Path | None = None,
+) -> TaskData:
+    """Labels of the clips present under a CREMA-D folder that have media and ratings."""
+    if condition not in CONDITIONS:
+        raise UserError(f"data.condition must be one of {CONDITIONS}, got {condition!r}")
+    if task not in ("multiclass", "multilabel"):
+        raise UserError(f"data.target must be multiclass or multilabel, got {task!r}")
+    corpus = read_crema_d(root)
+    votes_path = votes or corpus.votes_path
+    if votes_path is None:
+        raise UserError(f"no ratings: {Path(root) / 'processedResults' / 'tabulatedVotes.csv'} is missing (or set data.votes)")
+    demo = read_demographics(demographics) if demographics else (corpus.demographics or None)
+    table = crema_d_labels(load_votes(votes_path), demographics=demo, tie_break=tie_break)
+    present = {c.clip for c in corpus.clips}
+    dropped = [{"clip": c, "reason": "rated but no media under the corpus folder"} for c in sorted(set(table["clip"]) - present)]
+    dropped += [{"clip": c, "reason": "media without ratings"} for c in sorted(present - set(table["clip"]))]
+    table = table[table["clip"].isin(present)].reset_index(drop=True)
+    if task == "multiclass":
+        label = table[f"{condition}_label"]
+        for clip in table.loc[label.isna(), "clip"]:
+            dropped.append({"clip": clip, "reason": f"no single {condition} label (tie dropped or no ratings)"})
+        table = table[label.notna()].reset_index(drop=True)
+        targets = [f"target_{e}" for e in EMOTIONS]
+        for emotion, column in zip(EMOTIONS, targets):
+            table[column] = (table[f"{condition}_label"] == emotion).astype(np.float32)
+    else:
+        targets = [f"{condition}_{e}" for e in EMOTIONS]
+        empty = table[targets].sum(axis=1) == 0
+        for clip in table.loc[empty, "clip"]:
+            dropped.append({"clip": clip, "reason": f"no {condition} ratings"})
+        table = table[~empty].reset_index(drop=True)
+    if table.empty:
+        raise UserError(f"no clip under {root} has both media and {condition} ratings")
+    return TaskData(table, list(EMOTIONS), targets, task, dropped)
+
+
+def ensure_smile_store(root: str | Path, store_dir: str | Path, progress: bool = True) -> Path:
+    """The openSMILE LLD store of the corpus's audio, extracted on first use and then reused."""
+    from ssl_aver.features.extract import extract_features
+
+    summary = extract_features(root, store_dir, extractor="smile", progress=progress)
+    return Path(summary["store"])
+
+
+class WaveformDataset(Dataset):
+    """Raw 16 kHz audio per clip (for wav2vec2 branches); items match AVDataset's batches."""
+
+    def __init__(self, labels: Any, targets: Sequence[str], paths: dict[str, str]) -> None:
+        self.rows = [(str(c), paths[str(c)], t) for c, t in zip(labels["clip"], labels[list(targets)].to_numpy(np.float32)) if str(c) in paths]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> tuple[str, np.ndarray, np.ndarray]:
+        clip, path, target = self.rows[i]
+        try:
+            audio = load_audio(path)
+        except MediaError as err:
+            raise UserError(f"clip {clip}: {err}") from None
+        return clip, (audio - audio.mean()) / (audio.std() + 1e-7), target
+
+    @staticmethod
+    def collate(items: Sequence[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, Any]:
+        longest = max(len(a) for _, a, _ in items)
+        audio = torch.zeros(len(items), longest)
+        valid = torch.zeros(len(items), longest, dtype=torch.bool)
+        for row, (_, wave, _) in enumerate(items):
+            audio[row, : len(wave)] = torch.from_numpy(wave)
+            valid[row, : len(wave)] = True
+        return {
+            "clips": [c for c, _, _ in items],
+            "audio": audio,
+            "audio_mask": valid,
+            "targets": torch.from_numpy(np.stack([t for _, _, t in items])),
+        }

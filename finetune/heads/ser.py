@@ -1,0 +1,88 @@
+"""Paper 1's SER model: the attention encoder (pretrained or random) + two fully connected layers.
+
+Two acoustic branches:
+- `encoder` (default): the toolkit's SSLEncoder over openSMILE LLD frames, loaded from a
+  pretraining run (`encoder: DIR`) or built from `model.encoder` sizes with random weights
+  (the supervised baseline). Inputs are z-normalised with the encoder's stored statistics when
+  it was pretrained (the statistics it was trained with), and with the fine-tuning training
+  split's statistics for the random-weight baseline.
+- `wav2vec2`: paper 1's baseline 2, a wav2vec 2.0 transformer pretrained from scratch by
+  `recipes/pretrain/wav2vec2.yaml`, over raw 16 kHz audio.
+Pooling is the mean over valid frames; the head is Linear-ReLU-Dropout-Linear (paper 1:
+"two fully-connected layers", ReLU).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from ssl_aver.errors import UserError
+from ssl_aver.models.encoder import SSLEncoder
+
+
+def encoder_kind(directory: str | Path) -> str:
+    """'encoder' or 'wav2vec2', from the config.json of a pretrained acoustic branch."""
+    config = Path(directory) / "config.json"
+    if not config.is_file():
+        raise UserError(f"encoder directory {directory} has no config.json; point `encoder` at the `encoder/` folder of a pretraining run")
+    data = json.loads(config.read_text(encoding="utf-8"))
+    return "wav2vec2" if data.get("model_type") == "wav2vec2" else "encoder"
+
+
+def _masked_mean(hidden: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    weights = valid.to(hidden.dtype).unsqueeze(-1)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+class SERHead(nn.Module):
+    """Acoustic branch + FC-ReLU-Dropout-FC classifier over the pooled embedding."""
+
+    inputs = ("audio",)
+
+    def __init__(self, branch: nn.Module, kind: str, n_classes: int, hidden: int = 256, dropout: float = 0.25) -> None:
+        super().__init__()
+        self.branch = branch
+        self.kind = kind
+        width = branch.hidden_size if kind == "encoder" else branch.config.hidden_size
+        self.classifier = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
+
+    @classmethod
+    def build(
+        cls,
+        n_classes: int,
+        encoder_dir: str | None,
+        encoder_config: Mapping[str, Any],
+        hidden: int,
+        dropout: float,
+        train_stats: tuple[np.ndarray, np.ndarray] | None,
+    ) -> "SERHead":
+        """A head on a pretrained branch (`encoder_dir`) or on a random-weight encoder."""
+        if encoder_dir is None:
+            encoder = SSLEncoder(dict(encoder_config))
+            if train_stats is not None:
+                encoder.set_normalization(*train_stats)
+            return cls(encoder, "encoder", n_classes, hidden, dropout)
+        if encoder_kind(encoder_dir) == "wav2vec2":
+            from ssl_aver.models.wav2vec2 import load_wav2vec2_encoder
+
+            return cls(load_wav2vec2_encoder(encoder_dir), "wav2vec2", n_classes, hidden, dropout)
+        return cls(SSLEncoder.from_pretrained(encoder_dir), "encoder", n_classes, hidden, dropout)
+
+    def embed(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """The pooled utterance embedding [B, D]."""
+        valid = batch["audio_mask"]
+        if self.kind == "encoder":
+            hidden = self.branch(batch["audio"], ~valid)
+            return self.branch.pool(hidden, ~valid)
+        out = self.branch(batch["audio"], attention_mask=valid.long()).last_hidden_state
+        frame_valid = self.branch._get_feature_vector_attention_mask(out.shape[1], valid.long())
+        return _masked_mean(out, frame_valid.bool())
+
+    def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        return self.classifier(self.embed(batch))

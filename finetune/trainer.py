@@ -1,0 +1,131 @@
+"""The fine-tuning loop every head shares (paper 1, section 4.3 settings by default).
+
+Adam (or AdamW), learning rate x `lr_factor` after `lr_patience` epochs without dev
+improvement, early stopping on the dev loss, and the model with the best dev loss restored at
+the end, so that the test set is evaluated exactly once, on the model chosen on dev.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ssl_aver.errors import UserError
+
+Batch = dict[str, torch.Tensor | list[str]]
+
+
+@dataclass
+class TrainSettings:
+    epochs: int = 20
+    lr: float = 7.25e-4
+    batch_size: int = 32
+    optimizer: str = "adam"  # adam | adamw
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    lr_patience: int = 5
+    lr_factor: float = 0.1
+    early_stop_patience: int = 5
+    grad_clip: float = 0.0
+
+
+@dataclass
+class FitResult:
+    best_epoch: int
+    best_dev_loss: float
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def make_optimizer(params: Iterable[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
+    """Adam (paper 1) or AdamW (papers 3-4) from the settings."""
+    params = [p for p in params if p.requires_grad]
+    if settings.optimizer == "adam":
+        return torch.optim.Adam(params, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
+    if settings.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=settings.lr, betas=settings.betas, weight_decay=settings.weight_decay)
+    raise UserError(f"unknown optimizer '{settings.optimizer}'; choose adam or adamw")
+
+
+def move(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _epoch_loss(model: nn.Module, loader, loss_fn, device: torch.device) -> float:
+    model.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for batch in loader:
+            batch = move(batch, device)
+            logits = model(batch)
+            n = len(batch["clips"])
+            total += float(loss_fn(logits, batch["targets"])) * n
+            count += n
+    return total / max(count, 1)
+
+
+def fit(
+    model: nn.Module,
+    train_loader,
+    dev_loader,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    settings: TrainSettings,
+    device: torch.device,
+    progress: bool = True,
+) -> FitResult:
+    """Train with early stopping on dev loss; leaves `model` holding its best-on-dev weights."""
+    model.to(device)
+    optimizer = make_optimizer(model.parameters(), settings)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=settings.lr_factor, patience=settings.lr_patience)
+    best_state = copy.deepcopy(model.state_dict())
+    best = FitResult(best_epoch=0, best_dev_loss=math.inf)
+    stale = 0
+    for epoch in tqdm(range(1, settings.epochs + 1), desc="fine-tune", disable=not progress, leave=False):
+        model.train()
+        total, count = 0.0, 0
+        for batch in train_loader:
+            batch = move(batch, device)
+            loss = loss_fn(model(batch), batch["targets"])
+            if not torch.isfinite(loss):
+                raise UserError(f"fine-tuning loss became {loss.item()} at epoch {epoch}; lower train.lr")
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if settings.grad_clip > 0:
+                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+            optimizer.step()
+            n = len(batch["clips"])
+            total += loss.item() * n
+            count += n
+        dev_loss = _epoch_loss(model, dev_loader, loss_fn, device)
+        scheduler.step(dev_loss)
+        best.history.append({"epoch": epoch, "train_loss": total / max(count, 1), "dev_loss": dev_loss, "lr": optimizer.param_groups[0]["lr"]})
+        if dev_loss < best.best_dev_loss - 1e-9:
+            best.best_dev_loss, best.best_epoch, stale = dev_loss, epoch, 0
+            best_state = copy.deepcopy(model.state_dict())
+        else:
+            stale += 1
+            if stale >= settings.early_stop_patience:
+                break
+    model.load_state_dict(best_state)
+    return best
+
+
+def predict(model: nn.Module, loader, device: torch.device, multilabel: bool) -> tuple[list[str], np.ndarray]:
+    """Clip ids and class probabilities (softmax, or sigmoid for multi-label heads)."""
+    model.eval().to(device)
+    clips: list[str] = []
+    probs: list[np.ndarray] = []
+    with torch.no_grad():
+        for batch in loader:
+            batch = move(batch, device)
+            logits = model(batch)
+            p = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
+            probs.append(p.float().cpu().numpy())
+            clips.extend(batch["clips"])
+    return clips, np.concatenate(probs) if probs else np.zeros((0, 0), dtype=np.float32)
