@@ -9,9 +9,9 @@ feature store (extracted once per corpus, then reused) or raw waveforms for wav2
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -27,13 +27,46 @@ CONDITIONS = ("voice", "face", "av")
 
 @dataclass
 class TaskData:
-    """The label table of a corpus for one rating condition and target type."""
+    """The label table of a corpus for one rating condition and target type.
+
+    `targets` are the primary target columns (what the head is evaluated on); `extra` maps
+    each extra target (another rating condition's multi-hot labels, a regression target) to
+    its columns, which batches carry after the primary ones (see `target_layout`).
+    """
 
     labels: Any  # pandas.DataFrame: clip, actor, demographics, target columns
     classes: list[str]
     targets: list[str]
     task: str  # multiclass | multilabel
     dropped: list[dict[str, str]]
+    extra: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def all_targets(self) -> list[str]:
+        """Primary then extra target columns, in the order batches carry them."""
+        return self.targets + [c for cols in self.extra.values() for c in cols]
+
+    def target_layout(self) -> dict[str, slice]:
+        """Where each target group sits in a batch's `targets` [B, n]: "primary" first."""
+        layout = {"primary": slice(0, len(self.targets))}
+        at = len(self.targets)
+        for name, cols in self.extra.items():
+            layout[name] = slice(at, at + len(cols))
+            at += len(cols)
+        return layout
+
+
+def _condition_targets(table: Any, condition: str) -> list[str]:
+    """Another rating condition's multi-hot labels (two-stage training uses voice/face labels)."""
+    return [f"{condition}_{e}" for e in EMOTIONS]
+
+
+#: extra target name -> function(label table) -> its column names (added to the table if needed).
+EXTRA_TARGETS: dict[str, Callable[[Any], list[str]]] = {
+    "voice": lambda table: _condition_targets(table, "voice"),
+    "face": lambda table: _condition_targets(table, "face"),
+    "av": lambda table: _condition_targets(table, "av"),
+}
 
 
 def crema_d_task(
@@ -43,6 +76,7 @@ def crema_d_task(
     tie_break: str = "intensity",
     votes: str | Path | None = None,
     demographics: str | Path | None = None,
+    extra: Sequence[str] = (),
 ) -> TaskData:
     """Labels of the clips present under a CREMA-D folder that have media and ratings."""
     if condition not in CONDITIONS:
@@ -75,7 +109,11 @@ def crema_d_task(
         table = table[~empty].reset_index(drop=True)
     if table.empty:
         raise UserError(f"no clip under {root} has both media and {condition} ratings")
-    return TaskData(table, list(EMOTIONS), targets, task, dropped)
+    unknown = sorted(set(extra) - set(EXTRA_TARGETS))
+    if unknown:
+        raise UserError(f"unknown data.extra_targets {unknown}; choose from {sorted(EXTRA_TARGETS)}")
+    extra_columns = {name: EXTRA_TARGETS[name](table) for name in extra}
+    return TaskData(table, list(EMOTIONS), targets, task, dropped, extra_columns)
 
 
 def ensure_smile_store(root: str | Path, store_dir: str | Path, progress: bool = True) -> Path:

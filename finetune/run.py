@@ -1,17 +1,17 @@
 """`ssl-aver finetune --config RECIPE [key=value ...]`: fine-tune a head over K speaker-independent splits.
 
 For every split the head is trained on train actors, chosen on dev (early stopping on dev loss,
-best-dev weights restored) and evaluated once on test. The run directory holds the resolved
-config, the splits CSV, per split its predictions (clip + one probability column per emotion),
-its metrics and its weights, and overall `metrics.json` (per split + mean/std over splits) and
-`metrics.md`.
+best-dev weights restored) and evaluated once on test, in each of its test conditions
+(audio-visual, audio-only, video-only). Inputs come from feature stores that are extracted
+once per corpus and feature config, then reused. The run directory holds the resolved config,
+the splits CSV, per split its predictions (clip + one probability column per emotion), metrics
+and weights, and overall `metrics.json` (per split + mean/std over splits) and `metrics.md`.
 """
 
 from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +22,6 @@ from omegaconf import DictConfig, OmegaConf
 from ssl_aver.config import load_config, save_config, to_dict
 from ssl_aver.errors import UserError
 from ssl_aver.io import seed_everything, write_dataframe, write_json
-from ssl_aver.models.encoder import EncoderConfig
 
 SUMMARY_METRICS = (
     "accuracy", "macro_precision", "macro_recall", "macro_f1", "micro_precision", "micro_recall", "micro_f1",
@@ -44,10 +43,14 @@ DEFAULTS: dict[str, Any] = {
         "condition": "av",
         "target": "multiclass",
         "tie_break": "intensity",
-        "features": None,
+        "extra_targets": [],
+    },
+    "features": {
+        "cache": None,
+        "audio": {"store": None, "config": "recipes/features/smile.yaml", "overrides": []},
+        "video": {"store": None, "config": "recipes/features/mobilenet_v2.yaml", "overrides": []},
     },
     "splits": {"k": 20, "seed": 0, "file": None, "fractions": [0.7, 0.15, 0.15]},
-    "model": {"hidden": 256, "dropout": 0.25, "encoder": asdict(EncoderConfig())},
     "train": {
         "epochs": 20,
         "pretrained_epochs": 5,
@@ -61,13 +64,31 @@ DEFAULTS: dict[str, Any] = {
         "early_stop_patience": 5,
         "grad_clip": 0.0,
         "num_workers": 0,
+        "num_threads": 0,
     },
     "eval": {"bootstrap": 1000, "groups": ["sex", "race", "age_group"]},
 }
 
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _recipe_path(value: str) -> Path:
+    """A recipe path as given, else relative to the toolkit's checkout (recipes/...)."""
+    path = Path(value)
+    if not path.is_file() and (PACKAGE_ROOT / value).is_file():
+        path = PACKAGE_ROOT / value
+    if not path.is_file():
+        raise UserError(f"feature config not found: {value}")
+    return path
+
 
 def build_config(config: str | Path | None, overrides: Sequence[str] = ()) -> DictConfig:
-    cfg = load_config(config, overrides, DEFAULTS)
+    """Recipe over DEFAULTS + the chosen head's `model:` defaults, checked strictly."""
+    from finetune.heads import head_class
+
+    head = load_config(config, [o for o in overrides if o.startswith("head=")], {**DEFAULTS, "model": {}}).head if config else "ser"
+    defaults = {**DEFAULTS, "model": head_class(str(head)).defaults()}
+    cfg = load_config(config, overrides, defaults)
     if not cfg.data.root:
         raise UserError("data.root is not set: give a CREMA-D-layout folder (AudioWAV/, processedResults/tabulatedVotes.csv), e.g. data.root=/data/CREMA-D")
     if not Path(cfg.data.root).is_dir():
@@ -101,6 +122,21 @@ def _splits(cfg: DictConfig, actors: list[str], out: Path) -> list[dict[str, str
     return splits
 
 
+def feature_store(cfg: DictConfig, modality: str, out: Path) -> Path:
+    """The store of one modality: given (`features.<m>.store`) or extracted once into the cache."""
+    from ssl_aver.features.extract import extract_features
+
+    node = cfg.features[modality]
+    if node.store:
+        if not Path(node.store).is_dir():
+            raise UserError(f"features.{modality}.store not found: {node.store}")
+        return Path(node.store)
+    config = _recipe_path(str(node.config))
+    cache = Path(cfg.features.cache) if cfg.features.cache else out / "features"
+    summary = extract_features(cfg.data.root, cache / config.stem, config_path=str(config), overrides=list(node.overrides), progress=bool(cfg.progress))
+    return Path(summary["store"])
+
+
 def _loader(dataset: Any, batch_size: int, shuffle: bool, seed: int, workers: int) -> torch.utils.data.DataLoader:
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
@@ -108,22 +144,16 @@ def _loader(dataset: Any, batch_size: int, shuffle: bool, seed: int, workers: in
     )
 
 
-def _datasets(cfg: DictConfig, kind: str, task: Any, parts: dict[str, Any], store: Path | None, paths: dict[str, str]) -> dict[str, Any]:
-    from ssl_aver.av_dataset import AVDataset
-
-    from finetune.data import WaveformDataset
-
-    if kind == "wav2vec2":
-        return {name: WaveformDataset(frame, task.targets, paths) for name, frame in parts.items()}
-    return {name: AVDataset(frame, task.targets, audio=store, require="audio") for name, frame in parts.items()}
-
-
-def _train_stats(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
+def _train_stats(dataset: Any) -> tuple[np.ndarray, np.ndarray] | None:
     """Mean/std of the LLD frames of the training clips (z-normalisation of paper 1, Sec. 4.2)."""
+    if dataset.audio is None or len(dataset.audio_shape) != 1:
+        return None
     total = np.zeros(dataset.audio_shape, np.float64)
     square = np.zeros_like(total)
     count = 0
     for clip, _ in dataset.rows:
+        if clip not in dataset.audio:
+            continue
         frames = np.asarray(dataset.audio.get(clip)[0], np.float64)
         total += frames.sum(0)
         square += (frames**2).sum(0)
@@ -133,10 +163,14 @@ def _train_stats(dataset: Any) -> tuple[np.ndarray, np.ndarray]:
     return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
 
-def _loss_fn(task: str):
+def default_loss(task: str, n_classes: int):
+    """Cross-entropy on the argmax class (single label) or BCE on the multi-hot targets.
+
+    Only the primary target columns count (batches may carry extra targets after them).
+    """
     if task == "multiclass":
-        return lambda logits, targets: torch.nn.functional.cross_entropy(logits, targets.argmax(dim=1))
-    return lambda logits, targets: torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+        return lambda logits, targets: torch.nn.functional.cross_entropy(logits, targets[:, :n_classes].argmax(dim=1))
+    return lambda logits, targets: torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[:, :n_classes])
 
 
 def _aggregate(per_split: list[dict[str, Any]]) -> dict[str, Any]:
@@ -150,10 +184,26 @@ def _aggregate(per_split: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _markdown(cfg: DictConfig, summary: dict[str, Any]) -> str:
     lines = [f"# {cfg.head} on CREMA-D ({cfg.data.condition} ratings, {cfg.data.target}), {len(summary['splits'])} splits", ""]
-    lines += ["| metric | mean | std |", "| --- | --- | --- |"]
-    for key, value in summary["overall"].items():
-        lines.append(f"| {key} | {value['mean']:.4f} | {value['std']:.4f} |")
-    return "\n".join(lines) + "\n"
+    for modality, overall in summary["by_modality"].items():
+        lines += [f"## test condition: {modality}", "", "| metric | mean | std |", "| --- | --- | --- |"]
+        lines += [f"| {key} | {value['mean']:.4f} | {value['std']:.4f} |" for key, value in overall.items()]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _datasets(cfg: DictConfig, head_cls: Any, task: Any, parts: dict[str, Any], stores: dict[str, Path], paths: dict[str, str], wave: bool) -> dict[str, Any]:
+    from ssl_aver.av_dataset import AVDataset
+
+    from finetune.data import WaveformDataset
+
+    if wave:
+        return {name: WaveformDataset(frame, task.all_targets, paths) for name, frame in parts.items()}
+    audio, video = stores.get("audio"), stores.get("video")
+    test_require = "both" if "av" in head_cls.eval_modalities else head_cls.require
+    return {
+        name: AVDataset(frame, task.all_targets, audio=audio, video=video, require=head_cls.require if name != "test" else test_require)
+        for name, frame in parts.items()
+    }
 
 
 def finetune(cfg: DictConfig) -> dict[str, Any]:
@@ -164,8 +214,8 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     from ssl_aver.metrics import evaluate_predictions
     from ssl_aver.splits import apply_split
 
-    from finetune.data import crema_d_task, ensure_smile_store
-    from finetune.heads import head_class
+    from finetune.data import crema_d_task
+    from finetune.heads import BuildContext, head_class
     from finetune.heads.ser import encoder_kind
     from finetune.trainer import TrainSettings, fit, predict
 
@@ -173,68 +223,91 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
+    if int(cfg.train.num_threads):
+        torch.set_num_threads(int(cfg.train.num_threads))
     seed_everything(int(cfg.seed))
     device = _device(str(cfg.device))
-    task = crema_d_task(cfg.data.root, cfg.data.condition, cfg.data.target, cfg.data.tie_break, cfg.data.votes, cfg.data.demographics)
-    kind = encoder_kind(cfg.encoder) if cfg.encoder else "encoder"
-    store = None
+    head_cls = head_class(str(cfg.head))
+    task = crema_d_task(
+        cfg.data.root, cfg.data.condition, cfg.data.target, cfg.data.tie_break, cfg.data.votes, cfg.data.demographics,
+        extra=list(cfg.data.extra_targets),
+    )
+    wave = bool(cfg.encoder) and encoder_kind(cfg.encoder) == "wav2vec2"
+    if wave and head_cls.inputs != ("audio",):
+        raise UserError(f"head '{cfg.head}' cannot take a wav2vec2 encoder; use a feature store (features.audio) instead")
+    stores: dict[str, Path] = {}
     paths: dict[str, str] = {}
-    if kind == "encoder":
-        store = ensure_smile_store(cfg.data.root, cfg.data.features or out / "features" / "smile", progress=bool(cfg.progress))
-    else:
+    if wave:
         from ssl_aver.corpora.crema_d import read_crema_d
 
         paths = {c.clip: c.audio for c in read_crema_d(cfg.data.root).clips if c.audio}
+    else:
+        stores = {m: feature_store(cfg, m, out) for m in head_cls.inputs}
     splits = _splits(cfg, sorted(task.labels["actor"].astype(str).unique()), out)
-    epochs = int(cfg.train.pretrained_epochs if cfg.encoder else cfg.train.epochs)
     settings = TrainSettings(
-        epochs=epochs, lr=float(cfg.train.lr), batch_size=int(cfg.train.batch_size), optimizer=str(cfg.train.optimizer),
-        weight_decay=float(cfg.train.weight_decay), betas=tuple(cfg.train.betas), lr_patience=int(cfg.train.lr_patience),
-        lr_factor=float(cfg.train.lr_factor), early_stop_patience=int(cfg.train.early_stop_patience), grad_clip=float(cfg.train.grad_clip),
+        epochs=int(cfg.train.pretrained_epochs if cfg.encoder else cfg.train.epochs), lr=float(cfg.train.lr),
+        batch_size=int(cfg.train.batch_size), optimizer=str(cfg.train.optimizer), weight_decay=float(cfg.train.weight_decay),
+        betas=tuple(cfg.train.betas), lr_patience=int(cfg.train.lr_patience), lr_factor=float(cfg.train.lr_factor),
+        early_stop_patience=int(cfg.train.early_stop_patience), grad_clip=float(cfg.train.grad_clip),
     )
-    head_cls = head_class(str(cfg.head))
     groups_cols = [g for g in cfg.eval.groups if g in task.labels.columns]
+    multilabel = task.task == "multilabel"
+    batch, workers = int(cfg.train.batch_size), int(cfg.train.num_workers)
     per_split: list[dict[str, Any]] = []
     for k, split in enumerate(splits):
         seed_everything(int(cfg.seed) + k)
         parts = apply_split(task.labels, split)
-        for name, frame in parts.items():
-            if len(frame) == 0:
+        data = _datasets(cfg, head_cls, task, parts, stores, paths, wave)
+        for name, dataset in data.items():
+            if len(dataset) == 0:
                 raise UserError(f"split {k}: the {name} set is empty; use more actors or other splits.fractions")
-        data = _datasets(cfg, kind, task, parts, store, paths)
-        stats = _train_stats(data["train"]) if kind == "encoder" and cfg.encoder is None else None
-        model = head_cls.build(len(task.classes), cfg.encoder, to_dict(cfg.model.encoder), int(cfg.model.hidden), float(cfg.model.dropout), stats)
-        if cfg.freeze_encoder:
+        train_targets = parts["train"][task.targets].to_numpy(np.float32)
+        ctx = BuildContext(
+            n_classes=len(task.classes), task=task.task, encoder_dir=cfg.encoder,
+            audio_shape=getattr(data["train"], "audio_shape", None), video_shape=getattr(data["train"], "video_shape", None),
+            audio_stats=None if wave or cfg.encoder else _train_stats(data["train"]),
+            class_counts=(train_targets > 0).sum(0) if multilabel else np.bincount(train_targets.argmax(1), minlength=len(task.classes)),
+            extra={"target_layout": task.target_layout()},
+        )
+        model = head_cls.from_config(cfg.model, len(task.classes), ctx)
+        if cfg.freeze_encoder and hasattr(model, "branch"):
             for p in model.branch.parameters():
                 p.requires_grad_(False)
-        batch = int(cfg.train.batch_size)
-        workers = int(cfg.train.num_workers)
-        result = fit(
-            model, _loader(data["train"], batch, True, int(cfg.seed) + k, workers), _loader(data["dev"], batch, False, 0, workers),
-            _loss_fn(task.task), settings, device, progress=bool(cfg.progress),
-        )
-        clips, probs = predict(model, _loader(data["test"], batch, False, 0, workers), device, multilabel=task.task == "multilabel")
-        test = parts["test"].set_index("clip").loc[clips]
-        groups = {g: test[g].astype(str).to_numpy() for g in groups_cols}
-        metrics = evaluate_predictions(
-            probs, test[task.targets].to_numpy(np.float32), task.task, task.classes, groups=groups or None,
-            bootstrap=int(cfg.eval.bootstrap), seed=int(cfg.seed) + k,
-        )
-        metrics.update({"split": k, "best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history})
+        loss_fn = getattr(model, "loss", None) or default_loss(task.task, len(task.classes))
+        loaders = (_loader(data["train"], batch, True, int(cfg.seed) + k, workers), _loader(data["dev"], batch, False, 0, workers))
+        trainer = getattr(model, "fit", None)
+        result = (trainer or (lambda *a, **kw: fit(model, *a, **kw)))(*loaders, loss_fn=loss_fn, settings=settings, device=device, progress=bool(cfg.progress))
         split_dir = out / f"split_{k:02d}"
-        write_dataframe(split_dir / "predictions.csv", pd.DataFrame(probs, columns=task.classes).assign(clip=clips)[["clip", *task.classes]])
+        metrics: dict[str, Any] = {}
+        for modality in head_cls.eval_modalities:
+            clips, probs = predict(model, _loader(data["test"], batch, False, 0, workers), device, multilabel, modality=modality)
+            test = parts["test"].set_index("clip").loc[clips]
+            scores = evaluate_predictions(
+                probs, test[task.targets].to_numpy(np.float32), task.task, task.classes,
+                groups={g: test[g].astype(str).to_numpy() for g in groups_cols} or None,
+                bootstrap=int(cfg.eval.bootstrap), seed=int(cfg.seed) + k,
+            )
+            suffix = "" if modality == head_cls.eval_modalities[0] else f"_{modality}"
+            write_dataframe(split_dir / f"predictions{suffix}.csv", pd.DataFrame(probs, columns=task.classes).assign(clip=clips)[["clip", *task.classes]])
+            if not metrics:
+                metrics = {**scores, "modalities": {}}
+            metrics["modalities"][modality] = {key: scores[key] for key in SUMMARY_METRICS if key in scores}
+        metrics.update({"split": k, "best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history})
         write_json(split_dir / "metrics.json", metrics)
         save_file({n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()}, str(split_dir / "model.safetensors"))
         per_split.append(metrics)
+    by_modality = {m: _aggregate([s["modalities"][m] for s in per_split]) for m in head_cls.eval_modalities}
     summary = {
         "head": str(cfg.head),
         "encoder": cfg.encoder,
         "task": task.task,
         "condition": str(cfg.data.condition),
         "clips": len(task.labels),
+        "stores": {m: str(p) for m, p in stores.items()},
         "dropped": task.dropped,
         "splits": [{k: m[k] for k in ("split", "best_epoch", "macro_f1", "micro_f1", "accuracy")} for m in per_split],
-        "overall": _aggregate(per_split),
+        "overall": by_modality[head_cls.eval_modalities[0]],
+        "by_modality": by_modality,
         "seconds": round(time.perf_counter() - start, 2),
     }
     write_json(out / "metrics.json", summary)
@@ -249,6 +322,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     summary = finetune(build_config(args.config, args.overrides))
-    overall = summary["overall"]
-    print(f"{summary['head']}: macro-F1 {overall['macro_f1']['mean']:.4f} +- {overall['macro_f1']['std']:.4f} over {len(summary['splits'])} splits")
+    for modality, overall in summary["by_modality"].items():
+        f1 = overall["macro_f1"]
+        print(f"{summary['head']} [{modality}]: macro-F1 {f1['mean']:.4f} +- {f1['std']:.4f} over {len(summary['splits'])} splits")
     return 0

@@ -74,6 +74,7 @@ def fit(
     model: nn.Module,
     train_loader,
     dev_loader,
+    *,
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     settings: TrainSettings,
     device: torch.device,
@@ -116,14 +117,33 @@ def fit(
     return best
 
 
-def predict(model: nn.Module, loader, device: torch.device, multilabel: bool) -> tuple[list[str], np.ndarray]:
+def keep_modality(batch: Batch, modality: str) -> Batch:
+    """The batch as a head would see it with only `modality` ("audio", "video" or "av") present.
+
+    The removed modality is zeroed and its mask cleared, so masked attention never sees it.
+    """
+    if modality == "av":
+        return batch
+    if modality not in ("audio", "video"):
+        raise UserError(f"unknown test condition '{modality}'; choose av, audio or video")
+    drop = "video" if modality == "audio" else "audio"
+    out = dict(batch)
+    if out.get(drop) is not None:
+        out[drop] = torch.zeros_like(out[drop])
+        out[f"{drop}_mask"] = torch.zeros_like(out[f"{drop}_mask"])
+    if f"has_{drop}" in out:
+        out[f"has_{drop}"] = torch.zeros_like(out[f"has_{drop}"])
+    return out
+
+
+def predict(model: nn.Module, loader, device: torch.device, multilabel: bool, modality: str = "av") -> tuple[list[str], np.ndarray]:
     """Clip ids and class probabilities (softmax, or sigmoid for multi-label heads)."""
     model.eval().to(device)
     clips: list[str] = []
     probs: list[np.ndarray] = []
     with torch.no_grad():
         for batch in loader:
-            batch = move(batch, device)
+            batch = keep_modality(move(batch, device), modality)
             logits = model(batch)
             p = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
             probs.append(p.float().cpu().numpy())

@@ -1,19 +1,51 @@
 """Head registry: a head is one module; adding one is one line here ("name": "module:Class").
 
-A head class is an nn.Module built by `Head.from_config(cfg, n_classes, encoder)` with
-`forward(batch) -> logits [B, C]` and `inputs` (the modalities it consumes).
+A head is an `nn.Module` with:
+    inputs: tuple[str, ...]          modalities it reads: ("audio",), ("video",) or both
+    require: str                     which training clips it needs: "audio", "video", "both" or
+                                     "any" (unpaired training, e.g. VAVL)
+    eval_modalities: tuple[str, ...] test conditions to report, first = primary: "av", "audio",
+                                     "video" (the other modality is removed from the batch)
+    defaults() -> dict               its `model:` config keys (checked: a misspelt key is an error)
+    from_config(model_cfg, n_classes, ctx: BuildContext) -> head
+    forward(batch) -> logits [B, C]  batch from ssl_aver.av_dataset.collate_av: audio,
+                                     audio_mask (True = valid), video, video_mask, has_audio,
+                                     has_video, targets, clips
+and optionally:
+    loss(logits, targets) -> Tensor  (default: cross-entropy / BCE by task)
+    fit(train_loader, dev_loader, settings, device, loss_fn, progress) -> FitResult
+                                     (custom schedules such as VAVL's Algorithm 1 or the
+                                     two-stage training; default: finetune.trainer.fit)
 """
 
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 HEADS: dict[str, str] = {
     "ser": "finetune.heads.ser:SERHead",
 }
 
 
-def head_class(name: str):
+@dataclass
+class BuildContext:
+    """What a head may need to build itself besides its own config."""
+
+    n_classes: int
+    task: str  # multiclass | multilabel
+    encoder_dir: str | None = None
+    audio_shape: tuple[int, ...] | None = None
+    video_shape: tuple[int, ...] | None = None
+    audio_stats: tuple[np.ndarray, np.ndarray] | None = None  # LLD mean/std of the training clips
+    class_counts: np.ndarray = field(default_factory=lambda: np.zeros(0))  # positives per class in train
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def head_class(name: str) -> Any:
     """The class registered as `name` (UserError naming the choices when unknown)."""
     from ssl_aver.errors import UserError
 

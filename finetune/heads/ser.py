@@ -15,15 +15,16 @@ Pooling is the mean over valid frames; the head is Linear-ReLU-Dropout-Linear (p
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 from torch import nn
 
 from ssl_aver.errors import UserError
-from ssl_aver.models.encoder import SSLEncoder
+from finetune.heads import BuildContext
+from ssl_aver.models.encoder import EncoderConfig, SSLEncoder
 
 
 def encoder_kind(directory: str | Path) -> str:
@@ -44,6 +45,8 @@ class SERHead(nn.Module):
     """Acoustic branch + FC-ReLU-Dropout-FC classifier over the pooled embedding."""
 
     inputs = ("audio",)
+    require = "audio"
+    eval_modalities = ("audio",)
 
     def __init__(self, branch: nn.Module, kind: str, n_classes: int, hidden: int = 256, dropout: float = 0.25) -> None:
         super().__init__()
@@ -52,27 +55,25 @@ class SERHead(nn.Module):
         width = branch.hidden_size if kind == "encoder" else branch.config.hidden_size
         self.classifier = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout), nn.Linear(hidden, n_classes))
 
+    @staticmethod
+    def defaults() -> dict[str, Any]:
+        """`model:` keys: classifier width/dropout and the sizes of a random-weight encoder."""
+        return {"hidden": 256, "dropout": 0.25, "encoder": asdict(EncoderConfig())}
+
     @classmethod
-    def build(
-        cls,
-        n_classes: int,
-        encoder_dir: str | None,
-        encoder_config: Mapping[str, Any],
-        hidden: int,
-        dropout: float,
-        train_stats: tuple[np.ndarray, np.ndarray] | None,
-    ) -> "SERHead":
-        """A head on a pretrained branch (`encoder_dir`) or on a random-weight encoder."""
-        if encoder_dir is None:
-            encoder = SSLEncoder(dict(encoder_config))
-            if train_stats is not None:
-                encoder.set_normalization(*train_stats)
+    def from_config(cls, cfg: Mapping[str, Any], n_classes: int, ctx: BuildContext) -> "SERHead":
+        """A head on a pretrained branch (`ctx.encoder_dir`) or on a random-weight encoder."""
+        hidden, dropout = int(cfg["hidden"]), float(cfg["dropout"])
+        if ctx.encoder_dir is None:
+            encoder = SSLEncoder(dict(cfg["encoder"]))
+            if ctx.audio_stats is not None:
+                encoder.set_normalization(*ctx.audio_stats)
             return cls(encoder, "encoder", n_classes, hidden, dropout)
-        if encoder_kind(encoder_dir) == "wav2vec2":
+        if encoder_kind(ctx.encoder_dir) == "wav2vec2":
             from ssl_aver.models.wav2vec2 import load_wav2vec2_encoder
 
-            return cls(load_wav2vec2_encoder(encoder_dir), "wav2vec2", n_classes, hidden, dropout)
-        return cls(SSLEncoder.from_pretrained(encoder_dir), "encoder", n_classes, hidden, dropout)
+            return cls(load_wav2vec2_encoder(ctx.encoder_dir), "wav2vec2", n_classes, hidden, dropout)
+        return cls(SSLEncoder.from_pretrained(ctx.encoder_dir), "encoder", n_classes, hidden, dropout)
 
     def embed(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """The pooled utterance embedding [B, D]."""
