@@ -36,7 +36,8 @@ DEFAULTS: dict[str, Any] = {
     "finetune": {"config": "recipes/finetune/ser_crema_d.yaml", "overrides": []},
     "data": {"root": None},
     "splits": {"k": 20, "seed": 0},
-    "sets": PAPER_SETS,
+    "sets": None,  # name -> task list; null = PAPER_SETS
+    "select": [],  # names of the sets to run; empty = all
     "reference": "SSL1",
     "test": {"metric": "macro_f1", "alternative": "greater", "alpha": 0.05},
 }
@@ -44,6 +45,13 @@ DEFAULTS: dict[str, Any] = {
 
 def build_config(config: str | Path | None, overrides: Sequence[str] = ()) -> DictConfig:
     cfg = load_config(config, overrides, DEFAULTS)
+    if cfg.sets is None:
+        cfg.sets = PAPER_SETS
+    unknown = sorted(set(cfg.select) - set(cfg.sets))
+    if unknown:
+        raise UserError(f"select names unknown set(s) {unknown}; sets are {list(cfg.sets)}")
+    if cfg.select:
+        cfg.sets = {name: list(tasks) for name, tasks in cfg.sets.items() if name in set(cfg.select)}
     if cfg.reference not in cfg.sets:
         raise UserError(f"reference '{cfg.reference}' is not one of the sets {list(cfg.sets)}")
     if not cfg.pretrain.store:
