@@ -44,6 +44,7 @@ DEFAULTS: dict[str, Any] = {
         "target": "multiclass",
         "tie_break": "intensity",
         "extra_targets": [],
+        "clip_columns": None,
     },
     "features": {
         "cache": None,
@@ -66,7 +67,7 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 0,
         "num_threads": 0,
     },
-    "eval": {"bootstrap": 1000, "groups": ["sex", "race", "age_group"]},
+    "eval": {"bootstrap": 1000, "groups": ["sex", "race", "age_group"], "dev_predictions": False},
 }
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
@@ -174,12 +175,26 @@ def default_loss(task: str, n_classes: int):
 
 
 def _aggregate(per_split: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean/std over splits of the summary metrics and of any numeric metric a head's hook added."""
     out: dict[str, Any] = {}
-    for key in SUMMARY_METRICS:
-        values = [m[key] for m in per_split if m.get(key) is not None]
+    for key in dict.fromkeys([*SUMMARY_METRICS, *(k for m in per_split for k in m)]):
+        values = [m[key] for m in per_split if isinstance(m.get(key), (int, float)) and not isinstance(m.get(key), bool)]
         if values:
             out[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": [float(v) for v in values]}
     return out
+
+
+def _predictions_frame(clips: list[str], probs: np.ndarray, outputs: dict[str, np.ndarray], classes: list[str]) -> Any:
+    """clip, one probability column per class, then the head's other outputs (name or name_<i>)."""
+    import pandas as pd
+
+    frame = pd.DataFrame(probs, columns=classes)
+    frame.insert(0, "clip", clips)
+    for name, values in outputs.items():
+        values = values.reshape(len(clips), -1)
+        for i in range(values.shape[1]):
+            frame[name if values.shape[1] == 1 else f"{name}_{i}"] = values[:, i]
+    return frame
 
 
 def _markdown(cfg: DictConfig, summary: dict[str, Any]) -> str:
@@ -206,18 +221,77 @@ def _datasets(cfg: DictConfig, head_cls: Any, task: Any, parts: dict[str, Any], 
     }
 
 
+def split_setup(
+    cfg: DictConfig, head_cls: Any, task: Any, split: dict[str, str], stores: dict[str, Path], paths: dict[str, str], wave: bool, k: int,
+) -> tuple[dict[str, Any], dict[str, Any], Any]:
+    """Label parts, datasets and the head's BuildContext of split `k` (finetune and robustness share it)."""
+    from ssl_aver.splits import apply_split
+
+    from finetune.heads import BuildContext
+
+    parts = apply_split(task.labels, split)
+    data = _datasets(cfg, head_cls, task, parts, stores, paths, wave)
+    for name, dataset in data.items():
+        if len(dataset) == 0:
+            raise UserError(f"split {k}: the {name} set is empty; use more actors or other splits.fractions")
+    train_targets = parts["train"][task.targets].to_numpy(np.float32)
+    ctx = BuildContext(
+        n_classes=len(task.classes), task=task.task, encoder_dir=cfg.encoder,
+        audio_shape=getattr(data["train"], "audio_shape", None), video_shape=getattr(data["train"], "video_shape", None),
+        audio_stats=None if wave or cfg.encoder else _train_stats(data["train"]),
+        class_counts=(train_targets > 0).sum(0) if task.task == "multilabel" else np.bincount(train_targets.argmax(1), minlength=len(task.classes)),
+        extra={"target_layout": task.target_layout(), "train_labels": parts["train"]},
+    )
+    return parts, data, ctx
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _inference_record(cfg: DictConfig, task: Any, stores: dict[str, Path], wave: bool) -> dict[str, Any]:
+    """What inference needs to rebuild the training-time inputs exactly (run dir self-contained).
+
+    The head weights (with the fine-tuned encoder and its normalisation buffers inside) are in
+    split_XX/model.safetensors; the pretrained encoder it started from is referenced with its
+    checksum; each modality's extractor config is copied from the store it was trained on.
+    """
+    from ssl_aver.features.store import FeatureStore
+
+    record: dict[str, Any] = {
+        "head": str(cfg.head),
+        "task": task.task,
+        "classes": task.classes,
+        "inputs": "waveform" if wave else sorted(stores),
+        "features": {},
+        "encoder": None,
+    }
+    if cfg.encoder:
+        weights = Path(cfg.encoder) / "model.safetensors"
+        record["encoder"] = {"path": str(cfg.encoder), "sha256": _sha256(weights) if weights.is_file() else None}
+    for modality, path in stores.items():
+        meta = FeatureStore(path).meta
+        record["features"][modality] = {k: meta.get(k) for k in ("extractor", "config", "config_hash", "fps", "frame_shape", "layers", "weights", "fingerprint")}
+    return record
+
+
 def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Run the recipe; returns the summary also written to OUT/metrics.json."""
     import pandas as pd
     from safetensors.torch import save_file
 
     from ssl_aver.metrics import evaluate_predictions
-    from ssl_aver.splits import apply_split
 
     from finetune.data import crema_d_task
-    from finetune.heads import BuildContext, head_class
+    from finetune.heads import head_class
     from finetune.heads.ser import encoder_kind
-    from finetune.trainer import TrainSettings, fit, predict
+    from finetune.trainer import TrainSettings, fit, predict_outputs
 
     start = time.perf_counter()
     out = Path(cfg.output_dir)
@@ -230,7 +304,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     head_cls = head_class(str(cfg.head))
     task = crema_d_task(
         cfg.data.root, cfg.data.condition, cfg.data.target, cfg.data.tie_break, cfg.data.votes, cfg.data.demographics,
-        extra=list(cfg.data.extra_targets),
+        extra=list(cfg.data.extra_targets), clip_columns=cfg.data.clip_columns,
     )
     wave = bool(cfg.encoder) and encoder_kind(cfg.encoder) == "wav2vec2"
     if wave and head_cls.inputs != ("audio",):
@@ -243,6 +317,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         paths = {c.clip: c.audio for c in read_crema_d(cfg.data.root).clips if c.audio}
     else:
         stores = {m: feature_store(cfg, m, out) for m in head_cls.inputs}
+    write_json(out / "inference.json", _inference_record(cfg, task, stores, wave))
     splits = _splits(cfg, sorted(task.labels["actor"].astype(str).unique()), out)
     settings = TrainSettings(
         epochs=int(cfg.train.pretrained_epochs if cfg.encoder else cfg.train.epochs), lr=float(cfg.train.lr),
@@ -256,19 +331,7 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     per_split: list[dict[str, Any]] = []
     for k, split in enumerate(splits):
         seed_everything(int(cfg.seed) + k)
-        parts = apply_split(task.labels, split)
-        data = _datasets(cfg, head_cls, task, parts, stores, paths, wave)
-        for name, dataset in data.items():
-            if len(dataset) == 0:
-                raise UserError(f"split {k}: the {name} set is empty; use more actors or other splits.fractions")
-        train_targets = parts["train"][task.targets].to_numpy(np.float32)
-        ctx = BuildContext(
-            n_classes=len(task.classes), task=task.task, encoder_dir=cfg.encoder,
-            audio_shape=getattr(data["train"], "audio_shape", None), video_shape=getattr(data["train"], "video_shape", None),
-            audio_stats=None if wave or cfg.encoder else _train_stats(data["train"]),
-            class_counts=(train_targets > 0).sum(0) if multilabel else np.bincount(train_targets.argmax(1), minlength=len(task.classes)),
-            extra={"target_layout": task.target_layout()},
-        )
+        parts, data, ctx = split_setup(cfg, head_cls, task, split, stores, paths, wave, k)
         model = head_cls.from_config(cfg.model, len(task.classes), ctx)
         if cfg.freeze_encoder and hasattr(model, "branch"):
             for p in model.branch.parameters():
@@ -279,19 +342,25 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         result = (trainer or (lambda *a, **kw: fit(model, *a, **kw)))(*loaders, loss_fn=loss_fn, settings=settings, device=device, progress=bool(cfg.progress))
         split_dir = out / f"split_{k:02d}"
         metrics: dict[str, Any] = {}
+        hook = getattr(model, "extra_metrics", None)
+        if cfg.eval.dev_predictions:
+            clips, probs, outputs = predict_outputs(model, loaders[1], device, multilabel, modality=head_cls.eval_modalities[0])
+            write_dataframe(split_dir / "predictions_dev.csv", _predictions_frame(clips, probs, outputs, task.classes))
         for modality in head_cls.eval_modalities:
-            clips, probs = predict(model, _loader(data["test"], batch, False, 0, workers), device, multilabel, modality=modality)
+            clips, probs, outputs = predict_outputs(model, _loader(data["test"], batch, False, 0, workers), device, multilabel, modality=modality)
             test = parts["test"].set_index("clip").loc[clips]
             scores = evaluate_predictions(
                 probs, test[task.targets].to_numpy(np.float32), task.task, task.classes,
                 groups={g: test[g].astype(str).to_numpy() for g in groups_cols} or None,
                 bootstrap=int(cfg.eval.bootstrap), seed=int(cfg.seed) + k,
             )
+            added = hook(probs, outputs, test, scores) if hook is not None else {}
+            scores.update(added)
             suffix = "" if modality == head_cls.eval_modalities[0] else f"_{modality}"
-            write_dataframe(split_dir / f"predictions{suffix}.csv", pd.DataFrame(probs, columns=task.classes).assign(clip=clips)[["clip", *task.classes]])
+            write_dataframe(split_dir / f"predictions{suffix}.csv", _predictions_frame(clips, probs, outputs, task.classes))
             if not metrics:
                 metrics = {**scores, "modalities": {}}
-            metrics["modalities"][modality] = {key: scores[key] for key in SUMMARY_METRICS if key in scores}
+            metrics["modalities"][modality] = {key: scores[key] for key in (*SUMMARY_METRICS, *added) if key in scores}
         metrics.update({"split": k, "best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history})
         write_json(split_dir / "metrics.json", metrics)
         save_file({n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()}, str(split_dir / "model.safetensors"))

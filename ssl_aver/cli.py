@@ -22,6 +22,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo-corpus": ("ssl_aver.demo_corpus", "generate the offline demo corpora (unlabeled AV clips + CREMA-D mini)"),
     "demo": ("ssl_aver.demo", "run every pipeline stage end to end on the demo data"),
     "scan": ("ssl_aver.corpora.folder", "scan a folder of media into a manifest CSV"),
+    "pretrain": ("ssl_aver.pretrain", "multi-task SSL pretraining of the acoustic encoder (accelerate)"),
+    "landmarks": ("ssl_aver.face", "68-point face landmark tracks of videos (offline mediapipe FaceMesh, fitted to dlib)"),
+    "pretext": ("pretext.build", "pretext pseudo-labels + window store: pretext build / finalize / bench"),
+    "crema-d": ("ssl_aver.crema_d_labels", "CREMA-D labels from rating counts (labels) and speaker-independent splits (splits)"),
+    "finetune": ("finetune.run", "fine-tune a head (SER, ...) on CREMA-D over K speaker-independent splits"),
+    "experiment": ("finetune.experiment", "compare systems (supervised, wav2vec2, pretext) on shared splits: paper 1 Table 2"),
+    "ablate": ("finetune.ablate", "pretrain + fine-tune each pretext task set (SSL1-SSL5): paper 1 Table 3"),
+    "evaluate": ("ssl_aver.evaluate", "metrics, fairness and bootstrap CIs of predictions against labels"),
+    "features": ("ssl_aver.features.extract", "extract frame-level audio/face features of a corpus into a feature store"),
 }
 
 
@@ -56,7 +65,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         sys.stderr.write(f"ssl-aver: error: unknown command '{name}'; choose one of: {', '.join(COMMANDS)}\n")
         return 2
-    logging.basicConfig(level=os.environ.get("SSL_AVER_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    # Our own modules report progress at INFO; libraries (accelerate, transformers) only warnings.
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    for package in ("ssl_aver", "pretext", "finetune"):
+        logging.getLogger(package).setLevel(os.environ.get("SSL_AVER_LOG", "INFO"))
     module = importlib.import_module(COMMANDS[name][0])
     parser = _Parser(prog=f"ssl-aver {name}", description=COMMANDS[name][1])
     module.add_arguments(parser)
