@@ -22,6 +22,8 @@ from ssl_aver.corpora.crema_d import read_crema_d, read_demographics
 from ssl_aver.errors import MediaError, UserError
 from ssl_aver.media import load_audio
 
+from finetune.valence import valence_targets
+
 CONDITIONS = ("voice", "face", "av")
 
 
@@ -66,6 +68,7 @@ EXTRA_TARGETS: dict[str, Callable[[Any], list[str]]] = {
     "voice": lambda table: _condition_targets(table, "voice"),
     "face": lambda table: _condition_targets(table, "face"),
     "av": lambda table: _condition_targets(table, "av"),
+    "valence": valence_targets,
 }
 
 
@@ -77,8 +80,13 @@ def crema_d_task(
     votes: str | Path | None = None,
     demographics: str | Path | None = None,
     extra: Sequence[str] = (),
+    clip_columns: str | Path | None = None,
 ) -> TaskData:
-    """Labels of the clips present under a CREMA-D folder that have media and ratings."""
+    """Labels of the clips present under a CREMA-D folder that have media and ratings.
+
+    `clip_columns`: a CSV with a `clip` column whose other columns (e.g. valence ratings) are
+    joined onto the label table before the extra targets are built.
+    """
     if condition not in CONDITIONS:
         raise UserError(f"data.condition must be one of {CONDITIONS}, got {condition!r}")
     if task not in ("multiclass", "multilabel"):
@@ -112,8 +120,28 @@ def crema_d_task(
     unknown = sorted(set(extra) - set(EXTRA_TARGETS))
     if unknown:
         raise UserError(f"unknown data.extra_targets {unknown}; choose from {sorted(EXTRA_TARGETS)}")
+    if clip_columns is not None:
+        table = join_clip_columns(table, clip_columns)
     extra_columns = {name: EXTRA_TARGETS[name](table) for name in extra}
     return TaskData(table, list(EMOTIONS), targets, task, dropped, extra_columns)
+
+
+def join_clip_columns(table: Any, path: str | Path) -> Any:
+    """The label table with the columns of a clip-keyed CSV joined on (clips it lacks get NaN)."""
+    import pandas as pd
+
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"data.clip_columns file not found: {p}")
+    side = pd.read_csv(p, dtype={"clip": str})
+    if "clip" not in side.columns:
+        raise UserError(f"{p} has no 'clip' column; expected a CSV like clip,valence")
+    clash = sorted(set(side.columns) - {"clip"} & set(table.columns))
+    if clash:
+        raise UserError(f"{p}: column(s) {clash} already exist in the label table; rename them")
+    if side["clip"].duplicated().any():
+        raise UserError(f"{p}: clip {side.loc[side['clip'].duplicated(), 'clip'].iloc[0]} appears twice")
+    return table.merge(side, on="clip", how="left")
 
 
 def ensure_smile_store(root: str | Path, store_dir: str | Path, progress: bool = True) -> Path:

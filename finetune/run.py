@@ -87,7 +87,8 @@ def build_config(config: str | Path | None, overrides: Sequence[str] = ()) -> Di
     """Recipe over DEFAULTS + the chosen head's `model:` defaults, checked strictly."""
     from finetune.heads import head_class
 
-    head = load_config(config, [o for o in overrides if o.startswith("head=")], {**DEFAULTS, "model": {}}).head if config else "ser"
+    # the head is read without key checks: the recipe's `model:` keys are checked against its defaults below
+    head = load_config(config, [o for o in overrides if o.startswith("head=")]).get("head", DEFAULTS["head"]) if config else DEFAULTS["head"]
     defaults = {**DEFAULTS, "model": head_class(str(head)).defaults()}
     cfg = load_config(config, overrides, defaults)
     if not cfg.data.root:
@@ -260,7 +261,10 @@ def _inference_record(cfg: DictConfig, task: Any, stores: dict[str, Path], wave:
 
     The head weights (with the fine-tuned encoder and its normalisation buffers inside) are in
     split_XX/model.safetensors; the pretrained encoder it started from is referenced with its
-    checksum; each modality's extractor config is copied from the store it was trained on.
+    checksum and its config.json (so the branch can be rebuilt from the run's own weights); each
+    modality's extractor config is copied from the store it was trained on; `context` holds what
+    the head's BuildContext needs besides the weights (frame shapes, whether the head keeps
+    training-split normalisation buffers, the layout of the target columns).
     """
     from ssl_aver.features.store import FeatureStore
 
@@ -273,11 +277,23 @@ def _inference_record(cfg: DictConfig, task: Any, stores: dict[str, Path], wave:
         "encoder": None,
     }
     if cfg.encoder:
+        import json
+
         weights = Path(cfg.encoder) / "model.safetensors"
-        record["encoder"] = {"path": str(cfg.encoder), "sha256": _sha256(weights) if weights.is_file() else None}
+        config = json.loads((Path(cfg.encoder) / "config.json").read_text(encoding="utf-8"))
+        record["encoder"] = {"path": str(cfg.encoder), "sha256": _sha256(weights) if weights.is_file() else None, "config": config}
+    shapes: dict[str, list[int]] = {}
     for modality, path in stores.items():
         meta = FeatureStore(path).meta
         record["features"][modality] = {k: meta.get(k) for k in ("extractor", "config", "config_hash", "fps", "frame_shape", "layers", "weights", "fingerprint")}
+        shapes[modality] = list(meta["frame_shape"])
+    audio = shapes.get("audio")
+    record["context"] = {
+        "audio_shape": audio,
+        "video_shape": shapes.get("video"),
+        "audio_stats": bool(not wave and not cfg.encoder and audio is not None and len(audio) == 1),
+        "target_layout": {name: [part.start, part.stop] for name, part in task.target_layout().items()},
+    }
     return record
 
 

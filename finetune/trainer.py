@@ -138,14 +138,34 @@ def keep_modality(batch: Batch, modality: str) -> Batch:
 
 def predict(model: nn.Module, loader, device: torch.device, multilabel: bool, modality: str = "av") -> tuple[list[str], np.ndarray]:
     """Clip ids and class probabilities (softmax, or sigmoid for multi-label heads)."""
+    clips, probs, _ = predict_outputs(model, loader, device, multilabel, modality)
+    return clips, probs
+
+
+def predict_outputs(
+    model: nn.Module, loader, device: torch.device, multilabel: bool, modality: str = "av",
+) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """Clip ids, class probabilities and the head's other per-clip outputs.
+
+    A head's forward returns class logits [B, C], or a dict holding them as "logits" beside
+    other per-clip outputs ([B] or [B, k] tensors, e.g. MER's valence estimate): those come
+    back by name, in clip order (its `loss` then receives the whole dict).
+    """
     model.eval().to(device)
     clips: list[str] = []
     probs: list[np.ndarray] = []
+    extras: dict[str, list[np.ndarray]] = {}
     with torch.no_grad():
         for batch in loader:
             batch = keep_modality(move(batch, device), modality)
-            logits = model(batch)
+            out = model(batch)
+            logits = out["logits"] if isinstance(out, dict) else out
             p = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
             probs.append(p.float().cpu().numpy())
+            if isinstance(out, dict):
+                for name, value in out.items():
+                    if name != "logits":
+                        extras.setdefault(name, []).append(value.detach().float().cpu().numpy())
             clips.extend(batch["clips"])
-    return clips, np.concatenate(probs) if probs else np.zeros((0, 0), dtype=np.float32)
+    outputs = {name: np.concatenate(parts) for name, parts in extras.items()}
+    return clips, np.concatenate(probs) if probs else np.zeros((0, 0), dtype=np.float32), outputs

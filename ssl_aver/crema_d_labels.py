@@ -9,6 +9,8 @@ they gave it (-1 when nobody chose it).
 Per clip and condition this module derives (papers 3 and 4, Sec. "Task definition"):
 
 * the distribution: vote count / number of raters for each of the six emotions;
+* the mean rated intensity of each emotion among the raters who chose it (0-100; empty when
+  nobody chose it), e.g. for deriving a valence target (finetune/valence.py);
 * the multi-hot label: emotions whose proportion is strictly above 1/C, C = 6 (compared on
   the integer counts, count * C > raters, so 2 of 12 votes is exactly 1/6 and not positive);
 * a single label: the plurality emotion. Ties are resolved by `tie_break` (the papers use
@@ -115,6 +117,7 @@ def crema_d_labels(
     """One row per clip: distributions, multi-hot and single labels for voice/face/av + demographics.
 
     Columns: clip, actor; per condition c in voice, face, av: {c}_<emotion>_p (proportions),
+    {c}_<emotion>_intensity (mean rated intensity, NaN when nobody chose the emotion),
     {c}_votes (raters), {c}_<emotion> (multi-hot 0/1), {c}_label, {c}_tie; then sex, age,
     age_group, race, ethnicity (empty when `demographics` lacks the actor or is None).
     A condition without ratings for a clip gets empty proportions/labels and 0 votes.
@@ -157,6 +160,8 @@ def crema_d_labels(
         keep = rated & ((n_tied == 1) | (tie_break != "drop"))
         for j, emotion in enumerate(EMOTIONS):
             out[f"{name}_{emotion}_p"] = props[:, j]
+        for j, emotion in enumerate(EMOTIONS):
+            out[f"{name}_{emotion}_intensity"] = np.where(counts[:, j] > 0, intensity[:, j], np.nan)
         out[f"{name}_votes"] = raters
         for j, emotion in enumerate(EMOTIONS):
             out[f"{name}_{emotion}"] = multi_hot[:, j].astype(np.int8)

@@ -297,10 +297,12 @@ def _tiny_random_wavlm(folder: Path, seed: int) -> Path:
 
 
 def demo_stage(ctx: Any) -> dict[str, Any]:
-    """Demo: an acoustic store (tiny RANDOM WavLM, all hidden states) and a face store
-    (MobileNetV2, RANDOM weights, every 5th frame, 112 px crops) of the demo CREMA-D corpus."""
+    """Demo: acoustic stores (openSMILE LLDs, which the demo heads learn from, and a tiny RANDOM
+    WavLM with all hidden states, exercising layer stacks) and a face store (MobileNetV2, RANDOM
+    weights, every 5th frame, 112 px crops) of the demo CREMA-D corpus."""
     out = ctx.stage_dir("features")
     corpus = ctx.data / "crema-d"
+    smile = extract_features(corpus, out / "audio_smile", "smile", threads=1)
     model = _tiny_random_wavlm(out / "models" / "wavlm-tiny-random", ctx.seed)
     audio = extract_features(corpus, out / "audio_wavlm_tiny_random", "speech", overrides=[f"model={model}"], batch_size=16, threads=1)
     video = extract_features(corpus, out / "video_mobilenet_v2_random", "face",
@@ -309,14 +311,15 @@ def demo_stage(ctx: Any) -> dict[str, Any]:
     present = sum(int(faces.get(c)[2].sum()) for c in faces.clips)
     frames = int(faces.index["total_frames"])
     return {
-        "audio_store": audio["store"],
+        "audio_store": smile["store"],
+        "ssl_store": audio["store"],
         "video_store": video["store"],
         "audio_clips": audio["clips_in_store"],
         "video_clips": video["clips_in_store"],
         "audio_frames": audio["frames_in_store"],
         "video_frames": frames,
         "face_found_fraction": round(present / frames, 4) if frames else 0.0,
-        "failures": len(audio["failures"]) + len(video["failures"]),
+        "failures": len(smile["failures"]) + len(audio["failures"]) + len(video["failures"]),
         "weights": "random (demo only)",
         "headline": f"{audio['clips_in_store']} audio clips x {audio['frames_in_store']} frames (random tiny WavLM), "
                     f"{video['clips_in_store']} video clips, faces in {present}/{frames} frames (random MobileNetV2)",

@@ -43,7 +43,7 @@ def test_ser_from_pretrained_encoder_and_multilabel(tiny_crema, tmp_path):
     out = tmp_path / "ml"
     cfg = build_config("recipes/finetune/ser_crema_d_multilabel.yaml", [
         f"data.root={tiny_crema}", f"output_dir={out}", f"encoder={tmp_path / 'encoder'}", "splits.k=1",
-        f"data.features={tmp_path / 'feats'}", *TINY,
+        f"features.cache={tmp_path / 'feats'}", *TINY,
     ])
     summary = finetune(cfg)
     assert summary["task"] == "multilabel" and summary["encoder"] == str(tmp_path / "encoder")

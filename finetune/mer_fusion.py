@@ -1,0 +1,218 @@
+"""`ssl-aver mer-table --config RECIPE [key=value ...]`: paper 5's Table 1 on a corpus.
+
+Runs the MER head once per fusion structure (parallel, pairwise, hierarchical = the paper's
+1, 2, 3) and decoder (baseline, jdev) with the same recipe, splits and features, then fuses the
+three structures of each decoder at the decision level (Eqs. 10-11):
+
+    e = k1 e1 + k2 e2 + k3 e3,   v = k1 v1 + k2 v2 + k3 v3,   k1 + k2 + k3 = 1, k >= 0,
+
+choosing (k1, k2, k3) per split on the DEV predictions by a grid search over the simplex
+(`--step`, 0.1 by default) for the best MER score, then scoring the test predictions once
+with them. The paper does not say how the k were chosen; a dev grid search keeps the test set
+untouched. Writes OUT/table1.csv (one row per structure/decoder/fused: weighted F1 "Dis",
+valence MSE "Dim", MER score "Com", mean and std over splits), OUT/table1.md (the paper's
+layout) and OUT/table1.json (with the chosen weights per split). A run whose folder already
+holds metrics.json for the same resolved config is reused, so an interrupted table resumes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from ssl_aver.errors import UserError
+from ssl_aver.io import atomic_write_text, read_json, write_dataframe, write_json
+
+STRUCTURES = ("parallel", "pairwise", "hierarchical")
+DECODERS = ("baseline", "jdev")
+
+
+def simplex_grid(n: int, step: float = 0.1) -> np.ndarray:
+    """All weight vectors of length n on a grid of `step` with non-negative entries summing to 1."""
+    if n < 1:
+        raise UserError("fusion needs at least one system")
+    units = round(1.0 / step)
+    if units < 1 or abs(units * step - 1.0) > 1e-9:
+        raise UserError(f"--step must divide 1 (e.g. 0.1, 0.05, 0.25), got {step}")
+    rows = [c for c in itertools.product(range(units + 1), repeat=n - 1) if sum(c) <= units]
+    return np.array([[*c, units - sum(c)] for c in rows], dtype=np.float64) / units
+
+
+def fuse(probs: Sequence[np.ndarray], valence: Sequence[np.ndarray], weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Weighted sums of the systems' posteriors [N, C] and valence estimates [N] (Eqs. 10-11)."""
+    fused_probs = sum(w * p for w, p in zip(weights, probs))
+    fused_valence = sum(w * v for w, v in zip(weights, valence))
+    return np.asarray(fused_probs), np.asarray(fused_valence)
+
+
+def scores(probs: np.ndarray, valence: np.ndarray, targets: np.ndarray, valence_target: np.ndarray) -> dict[str, float]:
+    """Weighted F1 of the argmax emotion ("Dis"), valence MSE ("Dim") and the MER score ("Com")."""
+    from ssl_aver.metrics import argmax_one_hot, classification_scores
+
+    from finetune.heads.mer import mer_score
+
+    f1 = classification_scores(argmax_one_hot(targets), argmax_one_hot(probs))["weighted_f1"]
+    mse = float(np.mean((np.asarray(valence, np.float64) - valence_target) ** 2))
+    return {"weighted_f1": float(f1), "valence_mse": mse, "mer_score": mer_score(f1, mse)}
+
+
+def choose_weights(
+    probs: Sequence[np.ndarray], valence: Sequence[np.ndarray], targets: np.ndarray, valence_target: np.ndarray, step: float = 0.1,
+) -> tuple[np.ndarray, float]:
+    """The grid weights with the best MER score on these (dev) predictions; ties keep the first."""
+    grid = simplex_grid(len(probs), step)
+    found = [scores(*fuse(probs, valence, w), targets, valence_target)["mer_score"] for w in grid]
+    best = int(np.argmax(found))
+    return grid[best], float(found[best])
+
+
+def _read_predictions(path: Path, classes: Sequence[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    import pandas as pd
+
+    if not path.is_file():
+        raise UserError(f"{path} is missing: run the structure runs with eval.dev_predictions=true (the MER recipes do)")
+    frame = pd.read_csv(path, dtype={"clip": str})
+    if "valence" not in frame.columns:
+        raise UserError(f"{path} has no valence column: it was not written by the mer head")
+    return frame["clip"].tolist(), frame[list(classes)].to_numpy(np.float64), frame["valence"].to_numpy(np.float64)
+
+
+def fuse_runs(runs: Sequence[str | Path], step: float = 0.1) -> dict[str, Any]:
+    """Decision-level fusion of finished MER runs (same data and splits): per split, weights
+    chosen on dev and test scores; plus mean/std over splits."""
+    from finetune.data import crema_d_task
+
+    dirs = [Path(r) for r in runs]
+    cfg = OmegaConf.load(dirs[0] / "config.yaml")
+    task = crema_d_task(
+        cfg.data.root, cfg.data.condition, cfg.data.target, cfg.data.tie_break, cfg.data.votes, cfg.data.demographics,
+        extra=list(cfg.data.extra_targets), clip_columns=cfg.data.get("clip_columns"),
+    )
+    if task.task != "multiclass":
+        raise UserError("decision-level fusion scores single-label emotions (data.target=multiclass)")
+    labels = task.labels.set_index("clip")
+    splits = sorted(p.name for p in dirs[0].glob("split_*") if p.is_dir())
+    if not splits:
+        raise UserError(f"{dirs[0]} holds no split_* folders; run the structure runs first")
+    per_split = []
+    for split in splits:
+        chosen = {}
+        for part, name in (("dev", "predictions_dev.csv"), ("test", "predictions.csv")):
+            read = [_read_predictions(d / split / name, task.classes) for d in dirs]
+            clips = read[0][0]
+            if any(r[0] != clips for r in read):
+                raise UserError(f"the runs' {split}/{name} list different clips; fuse runs made with the same data and splits")
+            rows = labels.loc[clips]
+            chosen[part] = ([r[1] for r in read], [r[2] for r in read], rows[task.targets].to_numpy(np.float64), rows["valence"].to_numpy(np.float64))
+        weights, dev_score = choose_weights(*chosen["dev"], step=step)
+        probs, valence, targets, valence_target = chosen["test"]
+        test = scores(*fuse(probs, valence, weights), targets, valence_target)
+        per_split.append({"split": split, "weights": weights.tolist(), "dev_mer_score": dev_score, **test})
+    overall = {key: {"mean": float(np.mean([s[key] for s in per_split])), "std": float(np.std([s[key] for s in per_split]))}
+               for key in ("weighted_f1", "valence_mse", "mer_score")}
+    return {"runs": [str(d) for d in dirs], "step": step, "splits": per_split, "overall": overall}
+
+
+def _same_config(run_dir: Path, cfg: DictConfig) -> bool:
+    saved = run_dir / "config.yaml"
+    if not (run_dir / "metrics.json").is_file() or not saved.is_file():
+        return False
+    return OmegaConf.to_container(OmegaConf.load(saved), resolve=True) == OmegaConf.to_container(cfg, resolve=True)
+
+
+def _markdown(rows: list[dict[str, Any]], structures: Sequence[str], decoders: Sequence[str], title: str) -> str:
+    columns = [(s, d) for s in [*structures, "fused"] for d in decoders]
+    index = {(r["structure"], r["decoder"]): r for r in rows}
+    numbers = {s: str(STRUCTURES.index(s) + 1) for s in structures}
+    numbers["fused"] = "+".join(numbers[s] for s in structures) + " fused"
+    lines = [f"# {title}", "", "| | " + " | ".join(f"{numbers[s]} {d}" for s, d in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for key, name in (("weighted_f1", "Dis (weighted F1, up)"), ("valence_mse", "Dim (valence MSE, down)"), ("mer_score", "Com (MER score, up)")):
+        cells = [f"{index[c][key]:.4f} +- {index[c][key + '_std']:.4f}" if c in index else "" for c in columns]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def mer_table(
+    config: str | Path, overrides: Sequence[str] = (), structures: Sequence[str] = STRUCTURES, decoders: Sequence[str] = DECODERS, step: float = 0.1,
+) -> dict[str, Any]:
+    """Run (or reuse) every structure x decoder run of the recipe, fuse, and write Table 1."""
+    import pandas as pd
+
+    from finetune.run import build_config, finetune
+
+    unknown = sorted(set(structures) - set(STRUCTURES)) + sorted(set(decoders) - set(DECODERS))
+    if unknown:
+        raise UserError(f"unknown structure/decoder {unknown}; structures: {STRUCTURES}, decoders: {DECODERS}")
+    base = build_config(config, overrides)
+    if str(base.head) != "mer":
+        raise UserError(f"mer-table needs a recipe of the mer head, got head={base.head}")
+    out = Path(base.output_dir)
+    rows: list[dict[str, Any]] = []
+    fused: dict[str, Any] = {}
+    for decoder in decoders:
+        run_dirs = []
+        for structure in structures:
+            run_dir = out / f"{structure}_{decoder}"
+            cfg = build_config(config, [*overrides, f"output_dir={run_dir}", f"model.structure={structure}", f"model.decoder={decoder}", "eval.dev_predictions=true"])
+            if not _same_config(run_dir, cfg):
+                finetune(cfg)
+            run_dirs.append(run_dir)
+            primary = read_json(run_dir / "metrics.json")["overall"]
+            rows.append({"structure": structure, "decoder": decoder, **{k: primary[k]["mean"] for k in ("weighted_f1", "valence_mse", "mer_score")},
+                         **{f"{k}_std": primary[k]["std"] for k in ("weighted_f1", "valence_mse", "mer_score")}})
+        if len(run_dirs) > 1:
+            fused[decoder] = fuse_runs(run_dirs, step)
+            overall = fused[decoder]["overall"]
+            rows.append({"structure": "fused", "decoder": decoder, **{k: v["mean"] for k, v in overall.items()}, **{f"{k}_std": v["std"] for k, v in overall.items()}})
+    title = f"MER joint decoding on {Path(str(base.data.root)).name} ({base.data.condition} ratings), {int(base.splits.k)} splits, test set"
+    table = pd.DataFrame(rows)
+    write_dataframe(out / "table1.csv", table)
+    atomic_write_text(out / "table1.md", _markdown(rows, structures, decoders, title))
+    result = {"title": title, "rows": rows, "fusion": fused, "valence_source": str(base.model.valence_source)}
+    write_json(out / "table1.json", result)
+    return result
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="a mer recipe, e.g. recipes/finetune/mer_crema_d.yaml")
+    parser.add_argument("--structures", nargs="+", default=list(STRUCTURES), help="fusion structures to run (default: all three)")
+    parser.add_argument("--decoders", nargs="+", default=list(DECODERS), help="decoders to run (default: baseline jdev)")
+    parser.add_argument("--step", type=float, default=0.1, help="grid step of the fusion weights k1..k3 (default 0.1)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides of the recipe, e.g. data.root=/data/CREMA-D splits.k=5")
+
+
+def run(args: argparse.Namespace) -> int:
+    result = mer_table(args.config, args.overrides, args.structures, args.decoders, args.step)
+    for row in result["rows"]:
+        print(f"{row['structure']:>12} {row['decoder']:>8}: weighted F1 {row['weighted_f1']:.4f}  MSE {row['valence_mse']:.4f}  MER {row['mer_score']:.4f}")
+    return 0
+
+
+def demo_stage(ctx: Any) -> dict[str, Any]:
+    """Demo: a tiny MER head (recipes/finetune/mer_demo.yaml) on the demo CREMA-D stores, the
+    baseline and JDEV decoders with each AFG structure, fused at the decision level; reports the
+    MER score (weighted F1 - 0.25 x MSE of the DERIVED CREMA-D valence) per decoder."""
+    from finetune.run import PACKAGE_ROOT
+
+    features = ctx.results.get("features", {})
+    if not features.get("audio_store") or not features.get("video_store"):
+        raise UserError("the mer demo stage needs the features stage's audio_store and video_store")
+    out = ctx.stage_dir("mer")
+    result = mer_table(PACKAGE_ROOT / "recipes/finetune/mer_demo.yaml", [
+        f"data.root={ctx.data / 'crema-d'}", f"output_dir={out}", f"seed={ctx.seed}",
+        f"features.audio.store={features['audio_store']}", f"features.video.store={features['video_store']}",
+    ], step=0.25)
+    table = {f"{r['structure']}_{r['decoder']}": {k: round(float(r[k]), 4) for k in ("weighted_f1", "valence_mse", "mer_score")} for r in result["rows"]}
+    best = {d: max((r for r in result["rows"] if r["decoder"] == d), key=lambda r: r["mer_score"]) for d in DECODERS}
+    return {
+        "table": str(out / "table1.md"),
+        "rows": table,
+        "valence_source": result["valence_source"],
+        "headline": "MER score (wF1 - 0.25 MSE, derived valence): " + ", ".join(
+            f"{d} {table[f'fused_{d}']['mer_score']:.3f} fused / best {best[d]['structure']} {best[d]['mer_score']:.3f}" for d in DECODERS),
+    }
