@@ -18,15 +18,11 @@ from omegaconf import DictConfig
 from ssl_aver.config import load_config, save_config
 from ssl_aver.errors import UserError
 from ssl_aver.io import write_json
+from ssl_aver.pretrain import TASK_SETS
+from ssl_aver.store import TASKS
 
 #: Paper 1, Table 3 / Sec. 5.1. T1 = energy, T2 = landmarks (upper/lower, or one whole-face centroid), T3 = AUs.
-PAPER_SETS: dict[str, list[str]] = {
-    "SSL1": ["energy", "face_upper", "face_lower", "au_emotion"],
-    "SSL2": ["energy", "face_whole", "au_emotion"],
-    "SSL3": ["energy", "face_upper", "face_lower"],
-    "SSL4": ["face_upper", "face_lower", "au_emotion"],
-    "SSL5": ["energy"],
-}
+PAPER_SETS: dict[str, list[str]] = {name.upper(): list(tasks) for name, tasks in TASK_SETS.items()}
 
 DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/ablations/pretext_sets",
@@ -82,7 +78,7 @@ def ablate(cfg: DictConfig) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out)
-    known = {"energy", "face_upper", "face_lower", "face_whole", "au_emotion"}
+    known = set(TASKS)
     results = {}
     for name, tasks in cfg.sets.items():
         unknown = sorted(set(tasks) - known)

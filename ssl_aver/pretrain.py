@@ -2,7 +2,7 @@
 
     python -m ssl_aver.pretrain --config recipes/pretrain/demo.yaml data.store=out/store
     accelerate launch -m ssl_aver.pretrain --config recipes/pretrain/msp_face.yaml data.store=...
-    ssl-aver pretrain --config recipes/pretrain/ssl3.yaml data.store=... output_dir=runs/ssl3
+    ssl-aver pretrain --config recipes/pretrain/msp_face.yaml data.store=... output_dir=runs/ssl3 tasks=[energy,face_upper,face_lower]
 
 One head (two FC layers, ReLU) per selected pretext task on the mean-pooled encoder output;
 binary tasks use BCE with logits, au_emotion 5-class cross-entropy; a window without a label for

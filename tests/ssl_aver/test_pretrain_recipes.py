@@ -50,8 +50,7 @@ def test_every_recipe_loads_and_names_its_command(recipe: Path) -> None:
     first = recipe.read_text().splitlines()[0]
     assert first.startswith("# ") and ("ssl_aver.pretrain" in first or "recipes/pretrain.py" in first)
     cfg = build_config(recipe, ["data.store=x", "output_dir=y"])
-    if recipe.stem in TASK_SETS:
-        assert list(cfg.tasks) == TASK_SETS[recipe.stem]
+    assert set(cfg.tasks) <= set(TASK_SETS["ssl1"]) | {"face_whole"}
 
 
 def test_accelerate_recipes_name_their_command() -> None:
