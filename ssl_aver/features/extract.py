@@ -321,6 +321,6 @@ def demo_stage(ctx: Any) -> dict[str, Any]:
         "face_found_fraction": round(present / frames, 4) if frames else 0.0,
         "failures": len(smile["failures"]) + len(audio["failures"]) + len(video["failures"]),
         "weights": "random (demo only)",
-        "headline": f"{audio['clips_in_store']} audio clips x {audio['frames_in_store']} frames (random tiny WavLM), "
+        "headline": f"{smile['clips_in_store']} clips of openSMILE LLDs, {audio['clips_in_store']} x {audio['frames_in_store']} frames (random tiny WavLM), "
                     f"{video['clips_in_store']} video clips, faces in {present}/{frames} frames (random MobileNetV2)",
     }
