@@ -1,0 +1,645 @@
+"""`ssl-aver robustness --run DIR`: missing-modality tests of any fine-tuned head (paper 4, Sec. V-A).
+
+DIR is an `ssl-aver finetune` run: its config.yaml, splits.csv and split_XX/model.safetensors
+are read back, each split's head is rebuilt with `finetune.heads.head_class(cfg.head)` and the
+split's datasets with `finetune.run.split_setup` (exactly as fine-tuning built them), and the
+weights are loaded. Every test clip is then evaluated under:
+
+- clean input (macro-F1, Brier, per-emotion F1: paper 4's Tables 2 and 4);
+- random frame masking of the audio, the video, and both (independent masks) at each level of
+  `random.levels` (default 0-90% by 10, then 91-100% by 1: Fig. 3), for every seed;
+- two-state Markov packet loss at each (p_L, p_N) of `markov.grid` (Figs. 4-5): `sync` = one
+  chain shared by both modalities and aligned in time, `async` = an independent chain per
+  modality; each point reports its approximate percentage of dropped frames (ADF): the
+  stationary rate 100 p_L / (p_L + p_N) and the share measured on the test frames;
+- 100% missing audio and 100% missing video (Table 3).
+Masked frames are removed through the attention masks (mask bits cleared, values zeroed:
+`ssl_aver.masking.drop_frames`). A condition that masks only a modality the head does not read
+is skipped. Masks are drawn per clip from (seed, split, condition, clip), so every compared
+head sees the same masks on the same clips.
+
+Intervals (`ci`): percentile bootstrap over TEST CLIPS of the mean over splits and seeds: each
+replicate resamples the clips of every split (with replacement, the same resample for all
+seeds and conditions of a split), recomputes the metric per split and seed and averages them.
+`spread` gives the min/max over splits x seeds. Several runs (`--compare`, or `runs:` in the
+config) are plotted on one figure per condition. `--sweep` runs paper 4's context-length study
+(Fig. 2): fine-tune once per N_ctx value, then average macro-F1 over the audio and video
+masking levels on the development set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import math
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from ssl_aver.config import load_config, save_config, to_dict
+from ssl_aver.errors import UserError
+from ssl_aver.io import atomic_write_text, seed_everything, write_json
+from ssl_aver.masking import aligned_markov_loss, default_levels, drop_frames, markov_loss, random_drop, stationary_loss_rate
+
+MODALITIES = ("audio", "video")
+
+DEFAULTS: dict[str, Any] = {
+    "runs": [],
+    "output_dir": None,
+    "data_set": "test",
+    "splits": None,
+    "seeds": [0, 1, 2],
+    "random": {"modalities": ["audio", "video", "both"], "levels": None},
+    "markov": {
+        "modes": ["sync", "async"],
+        "grid": [[0.01, 0.5], [0.05, 0.5], [0.1, 0.5], [0.1, 0.3], [0.2, 0.3], [0.3, 0.3], [0.3, 0.1], [0.5, 0.1]],
+        "step_s": None,
+    },
+    "missing": True,
+    "bootstrap": 1000,
+    "ci_level": 0.95,
+    "batch_size": 32,
+    "device": "auto",
+    "num_threads": 0,
+    "progress": True,
+    "plot": True,
+}
+
+SWEEP_DEFAULTS: dict[str, Any] = {
+    "recipe": "recipes/finetune/raver_crema_d.yaml",
+    "output_dir": "runs/sweep/raver_context",
+    "key": "model.n_ctx",
+    "values": [16, 32, 64, 128, 256],
+    "overrides": [],
+    "robustness": {**DEFAULTS, "data_set": "dev", "random": {"modalities": ["audio", "video"], "levels": None},
+                   "markov": {**DEFAULTS["markov"], "modes": []}, "missing": False},
+}
+
+
+# ----------------------------------------------------------------------------- conditions
+
+
+@dataclass
+class Condition:
+    """One test point: `apply(batch, split, seed)` returns the degraded batch."""
+
+    family: str  # clean | random | markov | missing
+    name: str  # audio | video | both | sync | async
+    level: float | None = None
+    p_loss: float | None = None
+    p_recover: float | None = None
+    touches: tuple[str, ...] = ()
+    seeded: bool = False
+
+    @property
+    def key(self) -> str:
+        if self.family == "markov":
+            return f"markov/{self.name}/{self.p_loss}/{self.p_recover}"
+        return f"{self.family}/{self.name}" + ("" if self.level is None else f"/{self.level}")
+
+
+def _clip_rng(condition: Condition, split: int, seed: int, clip: str, stream: str = "") -> np.random.Generator:
+    words = [seed, split, zlib.crc32(condition.key.encode()), zlib.crc32(clip.encode()), zlib.crc32(stream.encode())]
+    return np.random.default_rng(words)
+
+
+def conditions(cfg: DictConfig, inputs: Sequence[str]) -> list[Condition]:
+    """The test points of the config that apply to a head reading `inputs`."""
+    out = [Condition("clean", "av")]
+    levels = [float(v) for v in (cfg.random.levels if cfg.random.levels is not None else default_levels())]
+    for name in cfg.random.modalities:
+        if name not in ("audio", "video", "both"):
+            raise UserError(f"random.modalities: unknown '{name}'; choose audio, video or both")
+        touches = MODALITIES if name == "both" else (name,)
+        if all(m in inputs for m in touches):
+            out += [Condition("random", name, level, touches=touches, seeded=level not in (0.0, 1.0)) for level in levels]
+    for mode in cfg.markov.modes:
+        if mode not in ("sync", "async"):
+            raise UserError(f"markov.modes: unknown '{mode}'; choose sync or async")
+        if all(m in inputs for m in MODALITIES):
+            for point in cfg.markov.grid:
+                if len(point) != 2:
+                    raise UserError(f"markov.grid entries are [p_L, p_N] pairs, got {list(point)}")
+                p_loss, p_recover = float(point[0]), float(point[1])
+                stationary_loss_rate(p_loss, p_recover)
+                out.append(Condition("markov", mode, p_loss=p_loss, p_recover=p_recover, touches=MODALITIES, seeded=True))
+    if cfg.missing:
+        out += [Condition("missing", m, 1.0, touches=(m,)) for m in MODALITIES if m in inputs]
+    return out
+
+
+@dataclass
+class ClipFrames:
+    """Per modality, clip -> (frames in the store, frames per second): for time alignment."""
+
+    table: dict[str, dict[str, tuple[int, float]]] = field(default_factory=dict)
+
+    @classmethod
+    def from_stores(cls, stores: dict[str, Any]) -> "ClipFrames":
+        table = {}
+        for modality, store in stores.items():
+            index = store.index
+            table[modality] = {c: (int(n), float(f)) for c, n, f in zip(store.clips, index["lengths"], index["fps"])}
+        return cls(table)
+
+
+def degrade(batch: dict[str, Any], condition: Condition, split: int, seed: int, frames: ClipFrames, step_s: float | None) -> dict[str, Any]:
+    """Apply `condition` to a collated batch (per-clip masks, deterministic in seed/split/clip)."""
+    if condition.family == "clean":
+        return batch
+    if condition.family == "missing" or (condition.family == "random" and condition.level == 1.0):
+        for modality in condition.touches:
+            batch = drop_frames(batch, modality)
+        return batch
+    drops = {m: torch.zeros_like(batch[f"{m}_mask"]) for m in condition.touches if batch.get(m) is not None}
+    for row, clip in enumerate(batch["clips"]):
+        if condition.family == "random":
+            for m in drops:
+                valid = batch[f"{m}_mask"][row].numpy()
+                drops[m][row] = torch.from_numpy(random_drop(valid, float(condition.level), _clip_rng(condition, split, seed, clip, m)))
+            continue
+        counts = {m: frames.table[m][clip][0] for m in drops}
+        if condition.name == "sync":
+            lost = aligned_markov_loss(counts, {m: frames.table[m][clip][1] for m in drops}, condition.p_loss, condition.p_recover,
+                                       _clip_rng(condition, split, seed, clip), step_s)
+        else:
+            lost = {m: markov_loss(n, condition.p_loss, condition.p_recover, _clip_rng(condition, split, seed, clip, m)) for m, n in counts.items()}
+        for m, loss in lost.items():
+            n = min(len(loss), drops[m].shape[1])
+            drops[m][row, :n] = torch.from_numpy(loss[:n])
+    for m, drop in drops.items():
+        batch = drop_frames(batch, m, drop)
+    return batch
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def sample_stats(probs: np.ndarray, targets: np.ndarray, task: str) -> np.ndarray:
+    """Per test clip [N, 3C + 1]: true positives, false positives, false negatives per class,
+    and the squared error sum over classes (Brier numerator), as ssl_aver.metrics defines them."""
+    from ssl_aver.metrics import argmax_one_hot, binarize
+
+    if task == "multilabel":
+        y_true, y_pred = binarize(targets), binarize(probs)
+    else:
+        y_true, y_pred = argmax_one_hot(targets), argmax_one_hot(probs)
+    tp = y_true * y_pred
+    fp = (1 - y_true) * y_pred
+    fn = y_true * (1 - y_pred)
+    sq = ((probs - y_true) ** 2).sum(axis=1, keepdims=True)
+    return np.concatenate([tp, fp, fn, sq], axis=1).astype(np.float32)
+
+
+def _scores(sums: np.ndarray, n: np.ndarray, n_classes: int) -> dict[str, np.ndarray]:
+    """Macro-F1, per-class F1 and Brier from summed stats [R, 3C + 1] and sample counts [R]."""
+    tp, fp, fn = (sums[:, i * n_classes : (i + 1) * n_classes] for i in range(3))
+    den = 2 * tp + fp + fn
+    f1 = np.divide(2 * tp, den, out=np.zeros_like(tp), where=den > 0)
+    return {"macro_f1": f1.mean(axis=1), "per_class_f1": f1, "brier": sums[:, -1] / (n * n_classes)}
+
+
+def bootstrap_counts(n: int, replicates: int, seed: int) -> np.ndarray:
+    """[replicates, n] float32: how often each clip is drawn in each bootstrap resample."""
+    rng = np.random.default_rng([seed, 7])
+    draws = rng.integers(0, n, size=(replicates, n)) + np.arange(replicates)[:, None] * n
+    return np.bincount(draws.ravel(), minlength=replicates * n).reshape(replicates, n).astype(np.float32)
+
+
+def summarise(stats: list[list[np.ndarray]], weights: list[np.ndarray], n_classes: int, level: float) -> dict[str, Any]:
+    """Mean over splits x seeds and the bootstrap interval over test clips (see the module docstring).
+
+    stats[k][s]: per-clip stats of split k, seed s; weights[k]: bootstrap counts [B, N_k] of split k.
+    """
+    point: list[dict[str, np.ndarray]] = []
+    boot: list[dict[str, np.ndarray]] = []
+    for per_seed, w in zip(stats, weights):
+        for s in per_seed:
+            point.append(_scores(s.sum(axis=0, keepdims=True), np.array([len(s)], float), n_classes))
+            if w.size:
+                boot.append(_scores(w @ s, w.sum(axis=1), n_classes))
+    tail = (1 - level) / 2 * 100
+
+    def entry(key: str, column: int | None = None) -> dict[str, Any]:
+        pick = (lambda d: d[key][:, column]) if column is not None else (lambda d: d[key])
+        values = np.array([float(pick(p)[0]) for p in point])
+        out: dict[str, Any] = {"mean": float(values.mean()), "spread": [float(values.min()), float(values.max())]}
+        if boot:
+            lo, hi = np.percentile(np.mean([pick(b) for b in boot], axis=0), [tail, 100 - tail])
+            out["ci"] = [float(lo), float(hi)]
+        return out
+
+    return {"macro_f1": entry("macro_f1"), "brier": entry("brier"), "per_class_f1": [entry("per_class_f1", j) for j in range(n_classes)]}
+
+
+# ----------------------------------------------------------------------------- runs
+
+
+@dataclass
+class RunSplit:
+    """One split of a run, ready to evaluate: the head, its test batches, labels and frame table."""
+
+    k: int
+    model: torch.nn.Module
+    batches: list[dict[str, Any]]
+    targets: dict[str, np.ndarray]
+    frames: ClipFrames
+
+
+class LoadedRun:
+    """A fine-tuning run read back from its directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        from ssl_aver.io import read_json
+
+        from finetune.heads import head_class
+        from finetune.run import build_config
+
+        self.path = Path(path)
+        if not (self.path / "config.yaml").is_file() or not (self.path / "splits.csv").is_file():
+            raise UserError(f"{self.path} is not an `ssl-aver finetune` run (config.yaml and splits.csv expected)")
+        self.cfg = build_config(self.path / "config.yaml")
+        self.head_cls = head_class(str(self.cfg.head))
+        self.metrics = read_json(self.path / "metrics.json") if (self.path / "metrics.json").is_file() else {}
+        from finetune.heads.ser import encoder_kind
+
+        if self.cfg.encoder and encoder_kind(self.cfg.encoder) == "wav2vec2":
+            raise UserError(f"run {self.path} reads raw waveforms (wav2vec2); the robustness suite needs feature-store inputs")
+        self.label = f"{self.cfg.head} ({self.path.name})"
+
+    @functools.cached_property
+    def task(self) -> Any:
+        """The run's label table, rebuilt from its data config."""
+        from finetune.data import crema_d_task
+
+        c = self.cfg
+        return crema_d_task(c.data.root, c.data.condition, c.data.target, c.data.tie_break, c.data.votes, c.data.demographics,
+                            extra=list(c.data.extra_targets))
+
+    def stores(self) -> dict[str, Path]:
+        from finetune.run import feature_store
+
+        known = self.metrics.get("stores", {})
+        return {m: Path(known[m]) if m in known and Path(known[m]).is_dir() else feature_store(self.cfg, m, self.path) for m in self.head_cls.inputs}
+
+    def split_ids(self, wanted: Sequence[int] | None) -> list[int]:
+        from ssl_aver.splits import load_splits
+
+        n = len(load_splits(self.path / "splits.csv"))
+        have = [k for k in range(n) if (self.path / f"split_{k:02d}" / "model.safetensors").is_file()]
+        if not have:
+            raise UserError(f"run {self.path} has no split_XX/model.safetensors; let `ssl-aver finetune` finish first")
+        if wanted is None:
+            return have
+        missing = sorted(set(int(k) for k in wanted) - set(have))
+        if missing:
+            raise UserError(f"run {self.path} has no trained model for split(s) {missing}; it has {have}")
+        return [int(k) for k in wanted]
+
+    def iter_splits(self, ids: Sequence[int], data_set: str, batch_size: int, device: torch.device) -> Iterator[RunSplit]:
+        """Each split rebuilt as finetune.run built it, with the saved weights loaded."""
+        from ssl_aver.features.store import FeatureStore
+        from ssl_aver.models.encoder import load_safetensors
+        from ssl_aver.splits import load_splits
+
+        from finetune.run import split_setup
+
+        task = self.task
+        stores = self.stores()
+        splits = load_splits(self.path / "splits.csv")
+        frames = ClipFrames.from_stores({m: FeatureStore(p) for m, p in stores.items()})
+        for k in ids:
+            seed_everything(int(self.cfg.seed) + k)
+            parts, data, ctx = split_setup(self.cfg, self.head_cls, task, splits[k], stores, {}, False, k)
+            model = self.head_cls.from_config(self.cfg.model, len(task.classes), ctx)
+            state = load_safetensors(self.path / f"split_{k:02d}" / "model.safetensors", f"split {k} head")
+            try:
+                model.load_state_dict(state)
+            except RuntimeError as err:
+                raise UserError(f"{self.path}/split_{k:02d}/model.safetensors does not fit head '{self.cfg.head}' as configured ({str(err).splitlines()[0]})") from None
+            model.to(device).eval()
+            dataset = data[data_set]
+            loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate)
+            table = parts[data_set].set_index("clip")
+            targets = {clip: row for clip, row in zip(table.index, table[task.targets].to_numpy(np.float32))}
+            yield RunSplit(k, model, list(loader), targets, frames)
+
+
+def _device(name: str) -> torch.device:
+    from finetune.run import _device as run_device
+
+    return run_device(name)
+
+
+def evaluate_run(run: LoadedRun, cfg: DictConfig, device: torch.device) -> dict[str, Any]:
+    """Every condition of the config on every chosen split of one run; JSON-ready results."""
+    from finetune.trainer import predict
+
+    points = conditions(cfg, run.head_cls.inputs)
+    seeds = [int(s) for s in cfg.seeds] or [0]
+    ids = run.split_ids(cfg.splits)
+    if cfg.data_set not in ("train", "dev", "test"):
+        raise UserError(f"data_set must be train, dev or test, got {cfg.data_set!r}")
+    multilabel = str(run.cfg.data.target) == "multilabel"
+    classes = list(run.task.classes)
+    stats: dict[str, list[list[np.ndarray]]] = {p.key: [] for p in points}
+    frames_seen: dict[str, dict[str, list[int]]] = {p.key: {m: [0, 0] for m in MODALITIES} for p in points}
+    nonfinite: dict[str, int] = {p.key: 0 for p in points}
+    weights: list[np.ndarray] = []
+    total = len(ids) * sum(len(seeds) if p.seeded else 1 for p in points)
+    bar = tqdm(total=total, desc=f"robustness {run.label}", disable=not cfg.progress, leave=False)
+    for split in run.iter_splits(ids, str(cfg.data_set), int(cfg.batch_size), device):
+        n_clips = sum(len(b["clips"]) for b in split.batches)
+        weights.append(bootstrap_counts(n_clips, int(cfg.bootstrap), split.k))
+        for point in points:
+            per_seed = []
+            for seed in seeds if point.seeded else seeds[:1]:
+                counter = frames_seen[point.key]
+
+                def degraded(point: Condition = point, seed: int = seed, counter: dict[str, list[int]] = counter) -> Iterator[dict[str, Any]]:
+                    for batch in split.batches:
+                        out = degrade(batch, point, split.k, seed, split.frames, cfg.markov.step_s)
+                        for m in MODALITIES:
+                            if batch.get(f"{m}_mask") is not None:
+                                counter[m][0] += int(batch[f"{m}_mask"].sum() - out[f"{m}_mask"].sum())
+                                counter[m][1] += int(batch[f"{m}_mask"].sum())
+                        yield out
+
+                clips, probs = predict(split.model, degraded(), device, multilabel)
+                bad = ~np.isfinite(probs).all(axis=1)
+                nonfinite[point.key] += int(bad.sum())
+                probs[bad] = 1.0 / probs.shape[1]
+                targets = np.stack([split.targets[c] for c in clips])
+                per_seed.append(sample_stats(probs, targets, str(run.cfg.data.target)))
+                bar.update(1)
+            stats[point.key].append(per_seed)
+        del split
+    bar.close()
+    level = float(cfg.ci_level)
+    results: dict[str, Any] = {"run": str(run.path), "head": str(run.cfg.head), "label": run.label, "splits": ids,
+                               "seeds": seeds, "classes": classes, "clean": {}, "random": {}, "markov": {}, "missing": {}}
+    for point in points:
+        scores = summarise(stats[point.key], weights, len(classes), level)
+        seen = frames_seen[point.key]
+        dropped = {m: 100.0 * d / t for m, (d, t) in seen.items() if t and m in point.touches}
+        entry: dict[str, Any] = {"macro_f1": scores["macro_f1"], "dropped_pct": dropped}
+        if nonfinite[point.key]:
+            entry["nonfinite"] = nonfinite[point.key]
+        if point.family in ("clean", "missing"):
+            entry["brier"] = scores["brier"]
+            entry["per_class_f1"] = dict(zip(classes, scores["per_class_f1"]))
+        if point.family == "clean":
+            results["clean"] = entry
+        elif point.family == "missing":
+            results["missing"][point.name] = entry
+        elif point.family == "random":
+            results["random"].setdefault(point.name, []).append({"level": point.level, **entry})
+        else:
+            both = [seen[m] for m in MODALITIES]
+            adf = 100.0 * sum(d for d, _ in both) / max(sum(t for _, t in both), 1)
+            results["markov"].setdefault(point.name, []).append({
+                "p_loss": point.p_loss, "p_recover": point.p_recover,
+                "adf_expected": 100.0 * stationary_loss_rate(point.p_loss, point.p_recover), "adf": adf, **entry,
+            })
+    return results
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def _plot(results: list[dict[str, Any]], out: Path) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[str] = []
+    curves: list[tuple[str, str, str, Callable[[dict[str, Any]], str]]] = [
+        ("random", name, f"random masking of {name}", lambda p: f"{100 * p['level']:.0f}") for name in ("audio", "video", "both")
+    ] + [
+        ("markov", name, f"Markov packet loss ({'shared mask' if name == 'sync' else 'independent masks'})",
+         lambda p: f"{p['adf']:.0f}%\n({p['p_loss']:g},{p['p_recover']:g})") for name in ("sync", "async")
+    ]
+    for family, name, title, tick in curves:
+        series = [(r["label"], r[family][name]) for r in results if name in r.get(family, {})]
+        if not series:
+            continue
+        fig, ax = plt.subplots(figsize=(9, 4.5))
+        for label, points in series:
+            x = np.arange(len(points))
+            mean = [p["macro_f1"]["mean"] for p in points]
+            ax.plot(x, mean, marker="o", ms=3, label=label)
+            if all("ci" in p["macro_f1"] for p in points):
+                ax.fill_between(x, [p["macro_f1"]["ci"][0] for p in points], [p["macro_f1"]["ci"][1] for p in points], alpha=0.2)
+        points = series[0][1]
+        ax.set_xticks(np.arange(len(points)), [tick(p) for p in points], fontsize=7)
+        ax.set_xlabel("missing frames (%)" if family == "random" else "ADF (p_L, p_N)")
+        ax.set_ylabel("macro-F1")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        path = out / f"{family}_{name}.png"
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        written.append(str(path))
+    return written
+
+
+def _fmt(entry: dict[str, Any]) -> str:
+    ci = entry.get("ci")
+    return f"{entry['mean']:.3f}" + (f" ({ci[0]:.3f}, {ci[1]:.3f})" if ci else "")
+
+
+def markdown(results: list[dict[str, Any]]) -> str:
+    """Tables 3 and 4 of paper 4 for the compared runs, plus the clean macro-F1."""
+    lines = ["# Missing-modality robustness", "", "## Clean input and 100% missing modality (Table 3)", "",
+             "| model | clean macro-F1 | 100% missing audio | 100% missing video |", "| --- | --- | --- | --- |"]
+    for r in results:
+        miss = [_fmt(r["missing"][m]["macro_f1"]) if m in r["missing"] else "-" for m in MODALITIES]
+        lines.append(f"| {r['label']} | {_fmt(r['clean']['macro_f1'])} | {miss[0]} | {miss[1]} |")
+    classes = results[0]["classes"] if results else []
+    lines += ["", "## Calibration and per-emotion F1, clean input (Table 4)", "",
+              "| model | Brier | " + " | ".join(classes) + " |", "| --- | --- | " + " | ".join("---" for _ in classes) + " |"]
+    for r in results:
+        clean = r["clean"]
+        lines.append(f"| {r['label']} | {clean['brier']['mean']:.3f} | " + " | ".join(_fmt(clean["per_class_f1"][c]) for c in classes) + " |")
+    lines += ["", "Intervals: bootstrap over test clips of the mean over splits and seeds.", ""]
+    return "\n".join(lines)
+
+
+def robustness(cfg: DictConfig, runs: Sequence[str | Path]) -> dict[str, Any]:
+    """Evaluate every run under every condition; write robustness.json, robustness.md and plots."""
+    if not runs:
+        raise UserError("no run to test: give --run DIR (an `ssl-aver finetune` output folder)")
+    conditions(cfg, MODALITIES)  # check the grid before loading anything
+    loaded = [LoadedRun(r) for r in runs]
+    labels = [r.label for r in loaded]
+    for i, run in enumerate(loaded):
+        if labels.count(run.label) > 1:
+            run.label = f"{run.label} #{i + 1}"
+    out = Path(cfg.output_dir) if cfg.output_dir else loaded[0].path / "robustness"
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out, "robustness_config.yaml")
+    if int(cfg.num_threads):
+        torch.set_num_threads(int(cfg.num_threads))
+    device = _device(str(cfg.device))
+    results = []
+    with torch.no_grad():
+        for run in loaded:
+            results.append(evaluate_run(run, cfg, device))
+    report = {
+        "ci": f"{100 * float(cfg.ci_level):g}% percentile bootstrap ({int(cfg.bootstrap)} resamples) over test clips of the "
+              "mean over splits and masking seeds; spread = min/max over splits x seeds",
+        "data_set": str(cfg.data_set),
+        "runs": results,
+        "plots": _plot(results, out) if cfg.plot else [],
+        "config": to_dict(cfg),
+    }
+    write_json(out / "robustness.json", report)
+    atomic_write_text(out / "robustness.md", markdown(results))
+    report["output_dir"] = str(out)
+    return report
+
+
+def build_config(config: str | Path | None, overrides: Sequence[str] = ()) -> DictConfig:
+    """A robustness config over DEFAULTS (strict keys)."""
+    return load_config(config, overrides, DEFAULTS)
+
+
+# ----------------------------------------------------------------------------- context sweep
+
+
+def context_sweep(config: str | Path, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Paper 4's Fig. 2: fine-tune once per value of `key` (N_ctx), test robustness on dev, plot.
+
+    Overrides starting with `finetune.` go to the fine-tuning recipe (e.g.
+    `finetune.data.root=/data/CREMA-D`); the others to the sweep config. The score of a value
+    is the mean macro-F1 over every level of the audio and video masking curves (the paper
+    averages its acoustic and visual ablations).
+    """
+    from finetune.run import build_config as finetune_config
+    from finetune.run import finetune
+
+    sweep_overrides = [o for o in overrides if not o.startswith("finetune.")]
+    recipe_overrides = [o[len("finetune."):] for o in overrides if o.startswith("finetune.")]
+    cfg = load_config(config, sweep_overrides, SWEEP_DEFAULTS)
+    if not cfg["values"]:
+        raise UserError(f"the sweep over {cfg.key} has no values")
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out, "sweep_config.yaml")
+    rows = []
+    for value in cfg["values"]:
+        run_dir = out / f"{cfg.key.split('.')[-1]}_{value}"
+        ft = finetune_config(_recipe(str(cfg.recipe)), [*cfg.overrides, *recipe_overrides, f"{cfg.key}={value}", f"output_dir={run_dir}"])
+        finetune(ft)
+        rob = load_config(None, [], DEFAULTS)
+        rob.merge_with(cfg.robustness)
+        rob.output_dir = str(run_dir / "robustness")
+        report = robustness(rob, [run_dir])
+        curves = [p["macro_f1"]["mean"] for name, pts in report["runs"][0]["random"].items() for p in pts]
+        rows.append({"value": value, "run": str(run_dir), "mean_macro_f1": float(np.mean(curves)) if curves else math.nan,
+                     "clean_macro_f1": report["runs"][0]["clean"]["macro_f1"]["mean"]})
+    best = max(rows, key=lambda r: r["mean_macro_f1"])
+    summary = {"key": str(cfg.key), "rows": rows, "best": best["value"], "plot": _plot_sweep(rows, str(cfg.key), out)}
+    write_json(out / "sweep.json", summary)
+    return summary
+
+
+def _recipe(value: str) -> Path:
+    """A recipe path as given, else relative to the toolkit's checkout."""
+    from finetune.run import PACKAGE_ROOT
+
+    for path in (Path(value), PACKAGE_ROOT / value):
+        if path.is_file():
+            return path
+    raise UserError(f"sweep recipe not found: {value}")
+
+
+def _plot_sweep(rows: list[dict[str, Any]], key: str, out: Path) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    x = np.arange(len(rows))
+    ax.plot(x, [r["mean_macro_f1"] for r in rows], marker="o", label="mean over masking levels")
+    ax.plot(x, [r["clean_macro_f1"] for r in rows], marker="s", ls="--", label="clean")
+    ax.set_xticks(x, [str(r["value"]) for r in rows])
+    ax.set_xlabel(key)
+    ax.set_ylabel("macro-F1 (dev)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "context_sweep.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
+# ----------------------------------------------------------------------------- CLI + demo
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--run", help="an `ssl-aver finetune` output folder to test")
+    what.add_argument("--sweep", help="a context-length sweep config, e.g. recipes/finetune/raver_context_sweep.yaml")
+    parser.add_argument("--compare", nargs="+", default=[], help="more run folders to test and plot beside --run")
+    parser.add_argument("--config", default=None, help="robustness config, e.g. recipes/robustness/crema_d.yaml")
+    parser.add_argument("--out", default=None, help="output folder (default: RUN/robustness, or output_dir of the config)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. seeds=[0] markov.modes=[sync]")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.sweep:
+        summary = context_sweep(args.sweep, args.overrides)
+        for row in summary["rows"]:
+            print(f"{summary['key']}={row['value']}: mean macro-F1 over masking levels {row['mean_macro_f1']:.4f}")
+        print(f"best {summary['key']}: {summary['best']}  (plot: {summary['plot']})")
+        return 0
+    cfg = build_config(args.config, args.overrides)
+    if args.out:
+        cfg.output_dir = args.out
+    report = robustness(cfg, [args.run, *args.compare, *[r for r in cfg.runs if r not in (args.run, *args.compare)]])
+    for r in report["runs"]:
+        missing = ", ".join(f"100% missing {m} {v['macro_f1']['mean']:.4f}" for m, v in r["missing"].items())
+        print(f"{r['label']}: clean macro-F1 {r['clean']['macro_f1']['mean']:.4f}" + (f"; {missing}" if missing else ""))
+    print(f"report: {Path(report['output_dir']) / 'robustness.json'}")
+    return 0
+
+
+def demo_stage(ctx: Any) -> dict[str, Any]:
+    """Demo: the suite on the demo's RAVER run (+ other demo head runs), coarse grid, one seed."""
+    from finetune.run import PACKAGE_ROOT
+
+    runs = [ctx.results.get(name, {}).get("run") for name in ("raver", "vavl", "two_stage", "mer")]
+    runs = [r for r in runs if r and Path(r).is_dir()]
+    if not runs:
+        raise UserError("the robustness demo stage needs the raver stage's run")
+    out = ctx.stage_dir("robustness")
+    cfg = build_config(PACKAGE_ROOT / "recipes/robustness/demo.yaml", [f"output_dir={out}"])
+    report = robustness(cfg, runs)
+    compact = {}
+    for r in report["runs"]:
+        compact[r["label"]] = {
+            "clean": round(r["clean"]["macro_f1"]["mean"], 4),
+            **{f"missing_{m}": round(v["macro_f1"]["mean"], 4) for m, v in r["missing"].items()},
+            **{f"random_{m}_90": round(next(p["macro_f1"]["mean"] for p in pts if p["level"] == 0.9), 4)
+               for m, pts in r["random"].items() if any(p["level"] == 0.9 for p in pts)},
+        }
+    first = report["runs"][0]
+    return {
+        "runs": compact,
+        "plots": report["plots"],
+        "report": str(out / "robustness.json"),
+        "headline": f"{first['label']}: clean {first['clean']['macro_f1']['mean']:.3f}, "
+                    + ", ".join(f"100% missing {m} {v['macro_f1']['mean']:.3f}" for m, v in first["missing"].items()),
+    }
