@@ -28,6 +28,12 @@ import numpy as np
 
 HEADS: dict[str, str] = {
     "ser": "finetune.heads.ser:SERHead",
+    "mer": "finetune.heads.mer:MERHead",
+    "vavl": "finetune.heads.vavl:VAVLHead",
+    "two_stage": "finetune.heads.two_stage:TwoStageHead",
+    "two_stage_audio": "finetune.heads.two_stage:TwoStageAudioHead",
+    "two_stage_video": "finetune.heads.two_stage:TwoStageVideoHead",
+    "raver": "finetune.heads.raver:RAVERHead",
 }
 
 

@@ -1,0 +1,221 @@
+"""`ssl-aver two-stage-tables --config recipes/two_stage/tables.yaml`: paper 3's Tables 1, 3, 4 and 5.
+
+Trains every listed model (recipes/two_stage/model_01..12.yaml) on the same K speaker-independent
+splits with the same cached features, then pools each model's test predictions over the splits
+(every (split, clip) prediction against the clip's audio-visual multi-hot label) and evaluates
+them once with `ssl_aver.metrics.evaluate_predictions`:
+    Table 1  macro-F1 and weighted-F1 with bootstrap intervals
+    Table 3  F1 per emotion (with intervals) and the Brier score
+    Table 4  macro-F1 per race group, performance bias (with interval), DPD, EOD
+    Table 5  the same per sex
+Choice: the paper does not say how its intervals were drawn; pooling the test predictions of all
+splits and bootstrapping the pooled samples gives one interval per model. A model whose run
+folder already holds metrics.json for the same resolved config is reused, so an interrupted run
+continues where it stopped. Writes OUT/tables.json (machine-readable) and OUT/tables.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from ssl_aver.config import load_config, save_config
+from ssl_aver.errors import UserError
+from ssl_aver.io import read_json, write_json
+
+DEFAULTS: dict[str, Any] = {
+    "output_dir": "runs/two_stage/tables",
+    "seed": 0,
+    "progress": True,
+    "data": {"root": None},
+    "splits": {"k": 5, "seed": 0},
+    "overrides": [],
+    "eval": {"bootstrap": 1000, "level": 0.95},
+    "models": [],
+}
+
+HEAD_INPUTS = {"two_stage_audio": (True, False), "two_stage_video": (False, True), "two_stage": (True, True)}
+TABLE3_ORDER = ("anger", "sadness", "disgust", "fear", "neutral", "happiness")
+
+
+def build_config(config: str | Path | None, overrides: Sequence[str] = ()) -> DictConfig:
+    """The tables config (checked strictly), with data.root and at least one model."""
+    cfg = load_config(config, overrides, DEFAULTS)
+    if not cfg.data.root:
+        raise UserError("data.root is not set: give the CREMA-D folder, e.g. data.root=/data/CREMA-D")
+    if not cfg.models:
+        raise UserError("no models listed: give `models: [{index: 1, recipe: recipes/two_stage/model_01.yaml, elicited: Voice}, ...]`")
+    indices = [int(m.index) for m in cfg.models]
+    if len(set(indices)) != len(indices):
+        raise UserError(f"model indices must be unique, got {indices}")
+    return cfg
+
+
+def _model_config(cfg: DictConfig, model: Any, out: Path, splits_file: Path) -> DictConfig:
+    from finetune.run import build_config as finetune_config
+
+    run_dir = out / "models" / f"model_{int(model.index):02d}"
+    return finetune_config(str(model.recipe), [
+        f"output_dir={run_dir}", f"seed={cfg.seed}", f"data.root={cfg.data.root}", f"splits.k={cfg.splits.k}",
+        f"splits.seed={cfg.splits.seed}", f"splits.file={splits_file}", f"features.cache={out / 'features'}",
+        "eval.bootstrap=0", f"progress={str(bool(cfg.progress)).lower()}", *cfg.overrides,
+    ])
+
+
+def _shared_splits(cfg: DictConfig, first: DictConfig, out: Path) -> Path:
+    """The K actor partitions every model uses (made once, then reused)."""
+    from finetune.data import crema_d_task
+    from ssl_aver.splits import make_splits, save_splits
+
+    path = out / "splits.csv"
+    if not path.is_file():
+        task = crema_d_task(first.data.root, first.data.condition, first.data.target, first.data.tie_break, first.data.votes, first.data.demographics)
+        actors = sorted(task.labels["actor"].astype(str).unique())
+        save_splits(make_splits(actors, int(cfg.splits.k), int(cfg.splits.seed), tuple(first.splits.fractions)), path)
+    return path
+
+
+def run_model(sub: DictConfig) -> dict[str, Any]:
+    """Fine-tune one model (reused when its folder holds results for the same resolved config)."""
+    from finetune.run import finetune
+
+    run_dir = Path(sub.output_dir)
+    resolved = OmegaConf.to_yaml(sub)
+    if (run_dir / "metrics.json").is_file() and (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == resolved:
+        return read_json(run_dir / "metrics.json")
+    return finetune(sub)
+
+
+def pooled_predictions(run_dir: Path, n_splits: int) -> tuple[list[str], np.ndarray, list[str]]:
+    """Clip ids, probabilities and class names of the primary test condition over all splits."""
+    import pandas as pd
+
+    frames = []
+    for k in range(n_splits):
+        path = run_dir / f"split_{k:02d}" / "predictions.csv"
+        if not path.is_file():
+            raise UserError(f"{path} is missing; rerun the model (delete {run_dir / 'metrics.json'})")
+        frames.append(pd.read_csv(path, dtype={"clip": str}))
+    table = pd.concat(frames, ignore_index=True)
+    classes = [c for c in table.columns if c != "clip"]
+    return table["clip"].tolist(), table[classes].to_numpy(np.float64), classes
+
+
+def _ci(value: float, ci: Sequence[float] | None, scale: float = 1.0) -> dict[str, Any]:
+    return {"value": value * scale, "ci": [c * scale for c in ci] if ci else None}
+
+
+def model_row(index: int, elicited: str, head: str, scores: dict[str, Any]) -> dict[str, Any]:
+    """Everything Tables 1, 3, 4 and 5 show for one model, from pooled evaluation scores."""
+    audio, video = HEAD_INPUTS.get(head, (True, True))
+    ci = scores.get("ci", {})
+    row: dict[str, Any] = {
+        "index": index, "audio": audio, "video": video, "elicited": elicited, "n": scores["n"],
+        "macro_f1": _ci(scores["macro_f1"], ci.get("macro_f1")),
+        "weighted_f1": _ci(scores["weighted_f1"], ci.get("weighted_f1")),
+        "per_emotion_f1": {e: _ci(v, scores.get("per_class_f1_ci", {}).get(e)) for e, v in scores["per_class_f1"].items()},
+        "brier": scores["brier"],
+        "fairness": {},
+    }
+    for attr, report in scores.get("fairness", {}).items():
+        row["fairness"][attr] = {
+            "groups": {g: _ci(e["macro_f1"], e.get("macro_f1_ci")) | {"n": e["n"]} for g, e in report["groups"].items()},
+            "bias": None if report.get("bias") is None else _ci(report["bias"], report.get("bias_ci")),
+            "dpd": report.get("dpd"),
+            "eod": report.get("eod"),
+        }
+    return row
+
+
+def _fmt(entry: dict[str, Any] | None, digits: int = 3) -> str:
+    if entry is None:
+        return "n/a"
+    text = f"{entry['value']:.{digits}f}"
+    if entry.get("ci"):
+        lo, hi = entry["ci"]
+        text += f" ({lo:.{digits}f}, {hi:.{digits}f})"
+    return text
+
+
+def _mark(flag: bool) -> str:
+    return "✓" if flag else "-"
+
+
+def markdown(rows: list[dict[str, Any]], level: float) -> str:
+    """Tables 1, 3, 4 and 5 in the paper's layout (values with bootstrap intervals)."""
+    pct = f"{100 * level:g}%"
+    lines = [f"# Paper 3 on CREMA-D: models 1-{max(r['index'] for r in rows)} (pooled test predictions, {pct} bootstrap intervals)", ""]
+    lines += ["## Table 1: overall", "", "| Index | Audio | Video | Elicited | Macro F1 | Weighted F1 |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['index']} | {_mark(r['audio'])} | {_mark(r['video'])} | {r['elicited']} | {_fmt(r['macro_f1'])} | {_fmt(r['weighted_f1'])} |")
+    emotions = [e for e in TABLE3_ORDER if e in rows[0]["per_emotion_f1"]] + [e for e in rows[0]["per_emotion_f1"] if e not in TABLE3_ORDER]
+    lines += ["", "## Table 3: F1 per emotion and Brier score", "",
+              "| Index | Audio | Video | Elicited | " + " | ".join(e.capitalize() for e in emotions) + " | BS |", "|---" * (5 + len(emotions)) + "|"]
+    for r in rows:
+        cells = [_fmt(r["per_emotion_f1"][e]) for e in emotions]
+        lines.append(f"| {r['index']} | {_mark(r['audio'])} | {_mark(r['video'])} | {r['elicited']} | " + " | ".join(cells) + f" | {r['brier']:.3f} |")
+    for number, attr in ((4, "race"), (5, "sex")):
+        groups = sorted({g for r in rows for g in r["fairness"].get(attr, {}).get("groups", {})})
+        if not groups:
+            continue
+        lines += ["", f"## Table {number}: {attr} groups (macro-F1), performance bias, fairness", "",
+                  "| Index | Audio | Video | Elicited | " + " | ".join(groups) + " | Macro-F1 Bias | DPD | EOD |", "|---" * (7 + len(groups)) + "|"]
+        for r in rows:
+            report = r["fairness"].get(attr, {})
+            cells = [_fmt(report.get("groups", {}).get(g)) for g in groups]
+            dpd, eod = report.get("dpd"), report.get("eod")
+            lines.append(
+                f"| {r['index']} | {_mark(r['audio'])} | {_mark(r['video'])} | {r['elicited']} | " + " | ".join(cells)
+                + f" | {_fmt(report.get('bias'), 2)} | {'n/a' if dpd is None else f'{dpd:.3f}'} | {'n/a' if eod is None else f'{eod:.3f}'} |"
+            )
+    return "\n".join(lines) + "\n"
+
+
+def two_stage_tables(cfg: DictConfig) -> dict[str, Any]:
+    """Run every model, evaluate the pooled predictions and write tables.json + tables.md."""
+    from finetune.data import crema_d_task
+    from ssl_aver.metrics import evaluate_predictions
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out)
+    models = sorted(cfg.models, key=lambda m: int(m.index))
+    probe = _model_config(cfg, models[0], out, out / "splits.csv")
+    splits_file = _shared_splits(cfg, probe, out)
+    task = crema_d_task(probe.data.root, probe.data.condition, probe.data.target, probe.data.tie_break, probe.data.votes, probe.data.demographics)
+    labels = task.labels.set_index(task.labels["clip"].astype(str))
+    rows = []
+    for model in models:
+        sub = _model_config(cfg, model, out, splits_file)
+        if (sub.data.condition, sub.data.target) != (probe.data.condition, probe.data.target):
+            raise UserError(f"model {model.index} is evaluated on {sub.data.condition}/{sub.data.target} labels, model {models[0].index} on "
+                            f"{probe.data.condition}/{probe.data.target}: the tables compare models on the same labels")
+        summary = run_model(sub)
+        clips, probs, classes = pooled_predictions(Path(sub.output_dir), len(summary["splits"]))
+        test = labels.loc[clips]
+        groups = {g: test[g].astype(str).to_numpy() for g in ("race", "sex") if g in test.columns}
+        scores = evaluate_predictions(
+            probs, test[task.targets].to_numpy(np.float32), task.task, classes, groups=groups or None,
+            bootstrap=int(cfg.eval.bootstrap), seed=int(cfg.seed), level=float(cfg.eval.level),
+        )
+        rows.append(model_row(int(model.index), str(model.elicited), str(sub.head), scores))
+    report = {"splits": int(cfg.splits.k), "level": float(cfg.eval.level), "bootstrap": int(cfg.eval.bootstrap), "models": rows}
+    write_json(out / "tables.json", report)
+    (out / "tables.md").write_text(markdown(rows, float(cfg.eval.level)), encoding="utf-8")
+    return report
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", required=True, help="tables YAML, e.g. recipes/two_stage/tables.yaml")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data/CREMA-D splits.k=5")
+
+
+def run(args: argparse.Namespace) -> int:
+    cfg = build_config(args.config, args.overrides)
+    two_stage_tables(cfg)
+    print((Path(cfg.output_dir) / "tables.md").read_text(encoding="utf-8"))
+    return 0
