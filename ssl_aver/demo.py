@@ -20,6 +20,19 @@ from ssl_aver.io import write_json
 #: (stage name, "module:function"); each function takes a DemoContext and returns its summary.
 STAGES: list[tuple[str, str]] = [
     ("corpus", "ssl_aver.demo_corpus:demo_stage"),
+    ("face", "ssl_aver.face:demo_stage"),
+    ("pretext", "pretext.build:demo_stage"),
+    ("pretrain", "ssl_aver.pretrain:demo_stage"),
+    ("crema_labels", "ssl_aver.crema_d_labels:demo_stage"),
+    ("features", "ssl_aver.features.extract:demo_stage"),
+    ("ser", "finetune.experiment:demo_stage"),
+    ("ablation", "finetune.ablate:demo_stage"),
+    ("vavl", "finetune.heads.vavl:demo_stage"),
+    ("two_stage", "finetune.heads.two_stage:demo_stage"),
+    ("raver", "finetune.heads.raver:demo_stage"),
+    ("mer", "finetune.mer_fusion:demo_stage"),
+    ("robustness", "finetune.robustness:demo_stage"),
+    ("predict", "finetune.predict:demo_stage"),
 ]
 
 

@@ -10,12 +10,16 @@ A head is an `nn.Module` with:
     from_config(model_cfg, n_classes, ctx: BuildContext) -> head
     forward(batch) -> logits [B, C]  batch from ssl_aver.av_dataset.collate_av: audio,
                                      audio_mask (True = valid), video, video_mask, has_audio,
-                                     has_video, targets, clips
+                                     has_video, targets, clips; or a dict whose "logits" are
+                                     the class logits and whose other entries (e.g. "valence")
+                                     are written as extra prediction columns
 and optionally:
     loss(logits, targets) -> Tensor  (default: cross-entropy / BCE by task)
     fit(train_loader, dev_loader, settings, device, loss_fn, progress) -> FitResult
                                      (custom schedules such as VAVL's Algorithm 1 or the
                                      two-stage training; default: finetune.trainer.fit)
+    extra_metrics(probs, outputs, labels, scores) -> dict
+                                     metrics beyond the classification ones (MER score)
 """
 
 from __future__ import annotations
