@@ -71,10 +71,14 @@ def load_detector(name: str = "Detectorv1") -> Any:
     """A py-feat detector on the CPU; UserError saying how to get the weights when they are not cached."""
     if name not in DETECTORS:
         raise UserError(f"unknown py-feat detector '{name}'; choose one of {', '.join(DETECTORS)}")
-    import feat
+    import torch
 
+    # py-feat turns autograd off globally while building its detectors; keep the caller's mode.
     try:
-        return getattr(feat, name)(device="cpu")
+        with torch.set_grad_enabled(torch.is_grad_enabled()):
+            import feat
+
+            return getattr(feat, name)(device="cpu")
     except Exception as err:  # hub errors come as OSError, LocalEntryNotFoundError, ValueError...
         first = (str(err).splitlines() or [type(err).__name__])[0].split(". ")[0][:120]
         raise UserError(

@@ -163,13 +163,17 @@ class PyFeatLandmarker:
     """py-feat's face detector + 68-point landmarks (largest-score face per frame)."""
 
     def __init__(self, device: str = "cpu") -> None:
-        try:
-            from feat import Detectorv1
+        import torch
 
-            self.detector = Detectorv1(
-                face_model="retinaface", landmark_model="mobilefacenet", au_model=None, emotion_model=None,
-                identity_model=None, gaze_model=None, device=device,
-            )
+        try:
+            # py-feat turns autograd off globally while building its detectors; keep the caller's mode.
+            with torch.set_grad_enabled(torch.is_grad_enabled()):
+                from feat import Detectorv1
+
+                self.detector = Detectorv1(
+                    face_model="retinaface", landmark_model="mobilefacenet", au_model=None, emotion_model=None,
+                    identity_model=None, gaze_model=None, device=device,
+                )
         except Exception as err:  # hub download errors come in many types
             raise UserError(
                 f"py-feat's face detector weights are not available ({type(err).__name__}: {str(err).splitlines()[0][:100]}); "
