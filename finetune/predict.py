@@ -39,6 +39,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from ssl_aver.errors import MediaError, UserError
+from ssl_aver.io import sha256_file
 
 MODES = ("auto", "audio", "video", "av")
 RESERVED_COLUMNS = ("clip", "path", "window", "start", "end", "top", "labels", "modalities", "error")
@@ -66,16 +67,6 @@ def _condition(modalities: Iterable[str]) -> str:
     return "av" if used == {"audio", "video"} else next(iter(used), "")
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _stand_in_encoder(config: dict[str, Any], folder: Path) -> Path:
     """A folder holding the encoder's config.json and weights of the right shapes (random values).
 
@@ -100,7 +91,7 @@ def _original_encoder(record: dict[str, Any]) -> Path:
     if not weights.is_file():
         raise UserError(f"this run was fine-tuned from {folder}, which is gone, and its inference.json predates stored encoder configs; "
                         "restore that folder or re-run the fine-tuning")
-    if info.get("sha256") and _sha256(weights) != info["sha256"]:
+    if info.get("sha256") and sha256_file(weights) != info["sha256"]:
         raise UserError(f"{weights} changed since the run was fine-tuned (sha256 differs from inference.json); restore the original encoder")
     return folder
 

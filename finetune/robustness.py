@@ -362,9 +362,11 @@ def evaluate_run(run: LoadedRun, cfg: DictConfig, device: torch.device) -> dict[
             for seed in seeds if point.seeded else seeds[:1]:
                 counter = frames_seen[point.key]
 
-                def degraded(point: Condition = point, seed: int = seed, counter: dict[str, list[int]] = counter) -> Iterator[dict[str, Any]]:
-                    for batch in split.batches:
-                        out = degrade(batch, point, split.k, seed, split.frames, cfg.markov.step_s)
+                def degraded(
+                    point: Condition = point, seed: int = seed, counter: dict[str, list[int]] = counter, part: Any = split
+                ) -> Iterator[dict[str, Any]]:
+                    for batch in part.batches:
+                        out = degrade(batch, point, part.k, seed, part.frames, cfg.markov.step_s)
                         for m in MODALITIES:
                             if batch.get(f"{m}_mask") is not None:
                                 counter[m][0] += int(batch[f"{m}_mask"].sum() - out[f"{m}_mask"].sum())

@@ -17,11 +17,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from ssl_aver.config import load_config, save_config, to_dict
+from ssl_aver.config import load_config, save_config
 from ssl_aver.errors import UserError
-from ssl_aver.io import seed_everything, write_dataframe, write_json
+from ssl_aver.io import seed_everything, sha256_file, write_dataframe, write_json
 
 SUMMARY_METRICS = (
     "accuracy", "macro_precision", "macro_recall", "macro_f1", "micro_precision", "micro_recall", "micro_f1",
@@ -71,6 +71,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+CONDITION_NAMES = {"av": "AV", "audio": "audio-only", "video": "video-only"}
 
 
 def _recipe_path(value: str) -> Path:
@@ -246,16 +247,6 @@ def split_setup(
     return parts, data, ctx
 
 
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _inference_record(cfg: DictConfig, task: Any, stores: dict[str, Path], wave: bool) -> dict[str, Any]:
     """What inference needs to rebuild the training-time inputs exactly (run dir self-contained).
 
@@ -281,7 +272,7 @@ def _inference_record(cfg: DictConfig, task: Any, stores: dict[str, Path], wave:
 
         weights = Path(cfg.encoder) / "model.safetensors"
         config = json.loads((Path(cfg.encoder) / "config.json").read_text(encoding="utf-8"))
-        record["encoder"] = {"path": str(cfg.encoder), "sha256": _sha256(weights) if weights.is_file() else None, "config": config}
+        record["encoder"] = {"path": str(cfg.encoder), "sha256": sha256_file(weights) if weights.is_file() else None, "config": config}
     shapes: dict[str, list[int]] = {}
     for modality, path in stores.items():
         meta = FeatureStore(path).meta
@@ -299,7 +290,6 @@ def _inference_record(cfg: DictConfig, task: Any, stores: dict[str, Path], wave:
 
 def finetune(cfg: DictConfig) -> dict[str, Any]:
     """Run the recipe; returns the summary also written to OUT/metrics.json."""
-    import pandas as pd
     from safetensors.torch import save_file
 
     from ssl_aver.metrics import evaluate_predictions
@@ -398,6 +388,30 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     write_json(out / "metrics.json", summary)
     (out / "metrics.md").write_text(_markdown(cfg, summary), encoding="utf-8")
     return summary
+
+
+def run_demo_recipe(ctx: Any, recipe: str, stage: str, label: str) -> dict[str, Any]:
+    """A head's demo stage: its tiny recipe on the demo CREMA-D stores (features stage), 3 splits.
+
+    Returns the run directory, macro-F1 per test condition and a headline for the demo table.
+    """
+    features = ctx.results.get("features", {})
+    if not features.get("audio_store") or not features.get("video_store"):
+        raise UserError(f"the {stage} demo stage needs the features stage's audio_store and video_store")
+    out = ctx.stage_dir(stage)
+    cfg = build_config(PACKAGE_ROOT / "recipes" / "finetune" / recipe, [
+        f"data.root={ctx.data / 'crema-d'}", f"output_dir={out}", f"seed={ctx.seed}",
+        f"features.audio.store={features['audio_store']}", f"features.video.store={features['video_store']}",
+    ])
+    summary = finetune(cfg)
+    f1 = {m: round(v["macro_f1"]["mean"], 4) for m, v in summary["by_modality"].items()}
+    return {
+        "run": str(out),
+        "macro_f1": f1,
+        "clips": summary["clips"],
+        "splits": len(summary["splits"]),
+        "headline": f"{label} macro-F1 " + ", ".join(f"{CONDITION_NAMES.get(m, m)} {v:.3f}" for m, v in f1.items()) + f" ({len(summary['splits'])} splits)",
+    }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

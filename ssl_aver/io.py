@@ -55,6 +55,17 @@ def write_dataframe(path: str | Path, frame: Any) -> Path:
     return atomic_write_text(path, frame.to_csv(index=False))
 
 
+def sha256_file(path: str | Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks (checksums of referenced weights)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def seed_everything(seed: int) -> None:
     """Seed python, numpy and torch (when imported) for reproducible CPU runs."""
     random.seed(seed)

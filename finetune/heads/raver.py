@@ -183,22 +183,7 @@ class RAVERHead(nn.Module):
 
 
 def demo_stage(ctx: Any) -> dict[str, Any]:
-    """Demo: a tiny RAVER (recipes/finetune/raver_demo.yaml) on the demo CREMA-D stores, 3 splits."""
-    from finetune.run import PACKAGE_ROOT, build_config, finetune
+    """Demo stage `raver`: a tiny RAVER (recipes/finetune/raver_demo.yaml) on the demo CREMA-D stores, 3 splits."""
+    from finetune.run import run_demo_recipe
 
-    features = ctx.results.get("features", {})
-    if not features.get("audio_store") or not features.get("video_store"):
-        raise UserError("the raver demo stage needs the features stage's audio_store and video_store")
-    out = ctx.stage_dir("raver")
-    cfg = build_config(PACKAGE_ROOT / "recipes/finetune/raver_demo.yaml", [
-        f"data.root={ctx.data / 'crema-d'}", f"output_dir={out / 'run'}", f"seed={ctx.seed}",
-        f"features.audio.store={features['audio_store']}", f"features.video.store={features['video_store']}",
-    ])
-    summary = finetune(cfg)
-    f1 = {m: round(v["macro_f1"]["mean"], 4) for m, v in summary["by_modality"].items()}
-    return {
-        "run": str(out / "run"),
-        "macro_f1": f1,
-        "splits": len(summary["splits"]),
-        "headline": "RAVER macro-F1 " + ", ".join(f"{m} {v:.3f}" for m, v in f1.items()) + f" ({len(summary['splits'])} splits)",
-    }
+    return run_demo_recipe(ctx, "raver_demo.yaml", "raver", "RAVER")

@@ -372,22 +372,6 @@ class TwoStageHead(_Base):
 
 def demo_stage(ctx: Any) -> dict[str, Any]:
     """Demo stage `two_stage`: model 12 (Proposed) on the demo CREMA-D stores, 3 splits."""
-    from pathlib import Path
+    from finetune.run import run_demo_recipe
 
-    from finetune.run import build_config, finetune
-
-    recipe = Path(__file__).resolve().parents[2] / "recipes" / "finetune" / "two_stage_demo.yaml"
-    features = ctx.results["features"]
-    out = ctx.stage_dir("two_stage")
-    cfg = build_config(recipe, [
-        f"data.root={ctx.data / 'crema-d'}", f"output_dir={out}", f"seed={ctx.seed}",
-        f"features.audio.store={features['audio_store']}", f"features.video.store={features['video_store']}",
-    ])
-    summary = finetune(cfg)
-    f1 = {m: round(v["macro_f1"]["mean"], 4) for m, v in summary["by_modality"].items()}
-    return {
-        "run": str(out),
-        "macro_f1": f1,
-        "clips": summary["clips"],
-        "headline": f"two-stage (Proposed) macro-F1 (3 splits): AV {f1['av']:.3f}, audio-only {f1['audio']:.3f}, video-only {f1['video']:.3f}",
-    }
+    return run_demo_recipe(ctx, "two_stage_demo.yaml", "two_stage", "two-stage (Proposed)")

@@ -406,22 +406,6 @@ class VAVLHead(nn.Module):
 
 def demo_stage(ctx: Any) -> dict[str, Any]:
     """Demo stage `vavl`: VAVL on the demo CREMA-D stores, 3 splits, AV / audio / video macro-F1."""
-    from pathlib import Path
+    from finetune.run import run_demo_recipe
 
-    from finetune.run import build_config, finetune
-
-    recipe = Path(__file__).resolve().parents[2] / "recipes" / "finetune" / "vavl_demo.yaml"
-    features = ctx.results["features"]
-    out = ctx.stage_dir("vavl")
-    cfg = build_config(recipe, [
-        f"data.root={ctx.data / 'crema-d'}", f"output_dir={out}", f"seed={ctx.seed}",
-        f"features.audio.store={features['audio_store']}", f"features.video.store={features['video_store']}",
-    ])
-    summary = finetune(cfg)
-    f1 = {m: round(v["macro_f1"]["mean"], 4) for m, v in summary["by_modality"].items()}
-    return {
-        "run": str(out),
-        "macro_f1": f1,
-        "clips": summary["clips"],
-        "headline": f"VAVL macro-F1 (3 splits): AV {f1['av']:.3f}, audio-only {f1['audio']:.3f}, video-only {f1['video']:.3f}",
-    }
+    return run_demo_recipe(ctx, "vavl_demo.yaml", "vavl", "VAVL")

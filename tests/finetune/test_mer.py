@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from finetune.data import crema_d_task
-from finetune.heads.mer import JointDecoder, MERHead, UncertaintyLoss, mer_score
+from finetune.heads.mer import JointDecoder, UncertaintyLoss, mer_score
 from finetune.mer_fusion import choose_weights, fuse, mer_table, simplex_grid
 from finetune.run import build_config, finetune
 from finetune.valence import VALENCE_BY_EMOTION, derived_crema_d_valence

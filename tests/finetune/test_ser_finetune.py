@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pandas as pd
-import pytest
 
 from finetune.run import build_config, finetune
 from ssl_aver.cli import main
