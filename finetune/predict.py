@@ -148,7 +148,7 @@ class Predictor:
         audio_shape = tuple(context["audio_shape"]) if context.get("audio_shape") else None
         stats = None
         if context.get("audio_stats") and audio_shape:
-            stats = (np.zeros(audio_shape, np.float32), np.ones(audio_shape, np.float32))  # placeholders: the run's buffers replace them
+            stats = (np.zeros(audio_shape, np.float32), np.ones(audio_shape, np.float32))  # stand-ins: the run's saved buffers overwrite them
         return BuildContext(
             n_classes=n, task=self.task, encoder_dir=encoder_dir, audio_shape=audio_shape,
             video_shape=tuple(context["video_shape"]) if context.get("video_shape") else None, audio_stats=stats,

@@ -27,10 +27,16 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretext": ("pretext.build", "pretext pseudo-labels + window store: pretext build / finalize / bench"),
     "crema-d": ("ssl_aver.crema_d_labels", "CREMA-D labels from rating counts (labels) and speaker-independent splits (splits)"),
     "finetune": ("finetune.run", "fine-tune a head (SER, ...) on CREMA-D over K speaker-independent splits"),
+    "vavl-analysis": ("finetune.vavl_analysis", "cosine distance between shared-layer audio and video embeddings of a VAVL run (paper 2, Sec. 5.3)"),
+    "two-stage-tables": ("finetune.two_stage_tables", "train paper 3's models 1-12 and write its Tables 1, 3, 4-5 with bootstrap intervals"),
     "experiment": ("finetune.experiment", "compare systems (supervised, wav2vec2, pretext) on shared splits: paper 1 Table 2"),
     "ablate": ("finetune.ablate", "pretrain + fine-tune each pretext task set (SSL1-SSL5): paper 1 Table 3"),
     "evaluate": ("ssl_aver.evaluate", "metrics, fairness and bootstrap CIs of predictions against labels"),
     "features": ("ssl_aver.features.extract", "extract frame-level audio/face features of a corpus into a feature store"),
+    "robustness": ("finetune.robustness", "missing-modality tests of fine-tuned runs (frame masking, Markov packet loss) + context sweep"),
+    "predict": ("finetune.predict", "predict emotions of media files with a fine-tuned run (per clip or per 2 s window) -> CSV"),
+    "mer-table": ("finetune.mer_fusion", "MER joint emotion/valence decoding: every AFG structure x decoder, decision-level fusion, Table 1"),
+    "bench": ("ssl_aver.bench", "speed of every stage against its goal, on generated data: bench.json + bench.md"),
 }
 
 
