@@ -398,6 +398,9 @@ def stage_pretrain(store: Path | None, settings: BenchSettings) -> list[dict[str
         make_row(stage, "fused (SDPA) vs explicit softmax(QK^T)V attention", r["fused_windows_per_s"], "windows/s", r["fused_vs_explicit_speedup"], None,
                  f"{threads}, store windows, steps interleaved; paper size: fused {r['paper_size_windows_per_s']:.0f} vs explicit {r['paper_size_explicit_windows_per_s']:.0f} windows/s"),
     ]
+    w2v = wav2vec2_rate("cpu", settings)
+    rows.append(make_row(stage, "wav2vec 2.0 baseline training (transformer sized like the encoder)", w2v, "windows/s", None, None,
+                         f"{cpu}, batch {settings.pretrain_batch} x 2 s raw audio, Wav2Vec2ForPreTraining contrastive + diversity loss + backward + Adam"))
     if settings.device == "cuda":
         fp32 = paper_encoder_rate("cuda", "sdpa", False, settings)
         bf16 = paper_encoder_rate("cuda", "sdpa", True, settings)
@@ -411,6 +414,32 @@ def stage_pretrain(store: Path | None, settings: BenchSettings) -> list[dict[str
     else:
         rows.append(make_row(stage, "bf16 vs fp32", None, "", note="skipped: needs a GPU (run with --device cuda)"))
     return rows
+
+
+def wav2vec2_rate(device: str, settings: BenchSettings) -> float:
+    """windows/s of a pretraining step of paper 1's wav2vec 2.0 baseline on 2 s raw-audio windows."""
+    import numpy as np
+    import torch
+
+    from ssl_aver.models.encoder import EncoderConfig
+    from ssl_aver.models.wav2vec2 import build_pretraining_model, collate_audio, pretraining_loss
+
+    torch.manual_seed(settings.seed)
+    np.random.seed(settings.seed)
+    model = build_pretraining_model(EncoderConfig()).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    rng = np.random.default_rng(settings.seed)
+    steps = max(settings.pretrain_steps // 3, 2)  # a step costs ~10x the encoder's on CPU
+    batches = [collate_audio([rng.standard_normal(32000).astype(np.float32) for _ in range(settings.pretrain_batch)]) for _ in range(steps + 1)]
+    start = 0.0
+    for i, b in enumerate(batches):
+        if i == 1:  # one warm-up step
+            start = time.perf_counter()
+        loss, _ = pretraining_loss(model, {k: v.to(device) for k, v in b.items()})
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return steps * settings.pretrain_batch / (time.perf_counter() - start)
 
 
 def paper_encoder_rate(device: str, attention: str, bf16: bool, settings: BenchSettings, batch: int = 32) -> float:
