@@ -637,11 +637,12 @@ def demo_stage(ctx: Any) -> dict[str, Any]:
             **{f"random_{m}_90": round(next(p["macro_f1"]["mean"] for p in pts if p["level"] == 0.9), 4)
                for m, pts in r["random"].items() if any(p["level"] == 0.9 for p in pts)},
         }
-    first = report["runs"][0]
     return {
         "runs": compact,
         "plots": report["plots"],
         "report": str(out / "robustness.json"),
-        "headline": f"{first['label']}: clean {first['clean']['macro_f1']['mean']:.3f}, "
-                    + ", ".join(f"100% missing {m} {v['macro_f1']['mean']:.3f}" for m, v in first["missing"].items()),
+        "headline": "; ".join(
+            f"{label}: clean {v['clean']:.3f}, " + ", ".join(f"no {m} {v[f'missing_{m}']:.3f}" for m in MODALITIES if f"missing_{m}" in v)
+            for label, v in compact.items()
+        ),
     }

@@ -299,14 +299,14 @@ def _tiny_random_wavlm(folder: Path, seed: int) -> Path:
 def demo_stage(ctx: Any) -> dict[str, Any]:
     """Demo: acoustic stores (openSMILE LLDs, which the demo heads learn from, and a tiny RANDOM
     WavLM with all hidden states, exercising layer stacks) and a face store (MobileNetV2, RANDOM
-    weights, every 5th frame, 112 px crops) of the demo CREMA-D corpus."""
+    weights, every 8th frame, 112 px crops) of the demo CREMA-D corpus."""
     out = ctx.stage_dir("features")
     corpus = ctx.data / "crema-d"
     smile = extract_features(corpus, out / "audio_smile", "smile", threads=1)
     model = _tiny_random_wavlm(out / "models" / "wavlm-tiny-random", ctx.seed)
     audio = extract_features(corpus, out / "audio_wavlm_tiny_random", "speech", overrides=[f"model={model}"], batch_size=16, threads=1)
     video = extract_features(corpus, out / "video_mobilenet_v2_random", "face",
-                             overrides=["weights=random", "every=5", "crop_size=112", "max_side=320", "tracking=false", f"seed={ctx.seed}"], batch_size=64, threads=1)
+                             overrides=["weights=random", "every=8", "crop_size=112", "max_side=320", "tracking=false", f"seed={ctx.seed}"], batch_size=64, threads=1)
     faces = FeatureStore(video["store"])
     present = sum(int(faces.get(c)[2].sum()) for c in faces.clips)
     frames = int(faces.index["total_frames"])
