@@ -299,9 +299,18 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     from finetune.heads.ser import encoder_kind
     from finetune.trainer import TrainSettings, fit, predict_outputs
 
+    from omegaconf import OmegaConf
+    from tqdm.auto import tqdm
+
+    from ssl_aver.io import read_json
+
     start = time.perf_counter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    # An interrupted run with the same resolved config keeps its finished splits (a split is done
+    # once its metrics.json, written last, exists); any other config starts the splits afresh.
+    previous = (out / "config.yaml").read_text(encoding="utf-8") if (out / "config.yaml").is_file() else None
+    resume = previous == OmegaConf.to_yaml(cfg, resolve=True)
     save_config(cfg, out)
     if int(cfg.train.num_threads):
         torch.set_num_threads(int(cfg.train.num_threads))
@@ -335,7 +344,11 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     multilabel = task.task == "multilabel"
     batch, workers = int(cfg.train.batch_size), int(cfg.train.num_workers)
     per_split: list[dict[str, Any]] = []
-    for k, split in enumerate(splits):
+    for k, split in enumerate(tqdm(splits, desc=f"{cfg.head} splits", disable=not cfg.progress)):
+        split_dir = out / f"split_{k:02d}"
+        if resume and (split_dir / "metrics.json").is_file() and (split_dir / "model.safetensors").is_file():
+            per_split.append(read_json(split_dir / "metrics.json"))
+            continue
         seed_everything(int(cfg.seed) + k)
         parts, data, ctx = split_setup(cfg, head_cls, task, split, stores, paths, wave, k)
         model = head_cls.from_config(cfg.model, len(task.classes), ctx)
@@ -346,7 +359,6 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         loaders = (_loader(data["train"], batch, True, int(cfg.seed) + k, workers), _loader(data["dev"], batch, False, 0, workers))
         trainer = getattr(model, "fit", None)
         result = (trainer or (lambda *a, **kw: fit(model, *a, **kw)))(*loaders, loss_fn=loss_fn, settings=settings, device=device, progress=bool(cfg.progress))
-        split_dir = out / f"split_{k:02d}"
         metrics: dict[str, Any] = {}
         hook = getattr(model, "extra_metrics", None)
         if cfg.eval.dev_predictions:
@@ -368,8 +380,10 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
                 metrics = {**scores, "modalities": {}}
             metrics["modalities"][modality] = {key: scores[key] for key in (*SUMMARY_METRICS, *added) if key in scores}
         metrics.update({"split": k, "best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history})
+        weights = split_dir / "model.safetensors"
+        save_file({n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()}, str(weights.with_suffix(".tmp")))
+        weights.with_suffix(".tmp").replace(weights)
         write_json(split_dir / "metrics.json", metrics)
-        save_file({n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()}, str(split_dir / "model.safetensors"))
         per_split.append(metrics)
     by_modality = {m: _aggregate([s["modalities"][m] for s in per_split]) for m in head_cls.eval_modalities}
     summary = {

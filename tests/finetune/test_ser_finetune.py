@@ -58,3 +58,17 @@ def test_finetune_cli_errors(tmp_path, capsys):
     assert "encoder directory not found" in capsys.readouterr().err
     assert main(["finetune", "--config", "recipes/finetune/ser_crema_d.yaml", "train.epoch=3"]) == 2
     assert "train.epoch" in capsys.readouterr().err
+
+
+def test_interrupted_run_keeps_finished_splits(tiny_crema, tmp_path):
+    out = tmp_path / "run"
+    overrides = [f"data.root={tiny_crema}", f"output_dir={out}", "splits.k=2", "train.epochs=2", *TINY]
+    first = finetune(build_config("recipes/finetune/ser_crema_d.yaml", overrides))
+    kept = (out / "split_00" / "model.safetensors").stat().st_mtime_ns
+    (out / "split_01" / "metrics.json").unlink()  # as if the run died during split 1
+    second = finetune(build_config("recipes/finetune/ser_crema_d.yaml", overrides))
+    assert (out / "split_00" / "model.safetensors").stat().st_mtime_ns == kept
+    assert second["overall"]["macro_f1"]["values"] == first["overall"]["macro_f1"]["values"]
+    # a changed config starts the splits afresh
+    finetune(build_config("recipes/finetune/ser_crema_d.yaml", [*overrides, "train.lr=1e-3"]))
+    assert (out / "split_00" / "model.safetensors").stat().st_mtime_ns != kept
