@@ -43,6 +43,35 @@ class FitResult:
     history: list[dict[str, float]] = field(default_factory=list)
 
 
+class BestOnDev:
+    """Keeps the weights with the lowest dev loss and says when to stop (early-stopping patience).
+
+    Shared by the generic loop and heads with their own schedules (VAVL's Algorithm 1).
+    """
+
+    def __init__(self, model: nn.Module, patience: int) -> None:
+        self.model = model
+        self.patience = patience
+        self.state = copy.deepcopy(model.state_dict())
+        self.result = FitResult(best_epoch=0, best_dev_loss=math.inf)
+        self.stale = 0
+
+    def update(self, epoch: int, dev_loss: float, record: dict[str, float]) -> bool:
+        """Record an epoch; True when `patience` epochs passed without improvement."""
+        self.result.history.append(record)
+        if dev_loss < self.result.best_dev_loss - 1e-9:
+            self.result.best_dev_loss, self.result.best_epoch, self.stale = dev_loss, epoch, 0
+            self.state = copy.deepcopy(self.model.state_dict())
+            return False
+        self.stale += 1
+        return self.stale >= self.patience
+
+    def restore(self) -> FitResult:
+        """Load the best weights back into the model and return the fit's record."""
+        self.model.load_state_dict(self.state)
+        return self.result
+
+
 def make_optimizer(params: Iterable[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
     """Adam (paper 1) or AdamW (papers 3-4) from the settings."""
     params = [p for p in params if p.requires_grad]
@@ -84,9 +113,7 @@ def fit(
     model.to(device)
     optimizer = make_optimizer(model.parameters(), settings)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=settings.lr_factor, patience=settings.lr_patience)
-    best_state = copy.deepcopy(model.state_dict())
-    best = FitResult(best_epoch=0, best_dev_loss=math.inf)
-    stale = 0
+    best = BestOnDev(model, settings.early_stop_patience)
     for epoch in tqdm(range(1, settings.epochs + 1), desc="fine-tune", disable=not progress, leave=False):
         model.train()
         total, count = 0.0, 0
@@ -105,16 +132,10 @@ def fit(
             count += n
         dev_loss = _epoch_loss(model, dev_loader, loss_fn, device)
         scheduler.step(dev_loss)
-        best.history.append({"epoch": epoch, "train_loss": total / max(count, 1), "dev_loss": dev_loss, "lr": optimizer.param_groups[0]["lr"]})
-        if dev_loss < best.best_dev_loss - 1e-9:
-            best.best_dev_loss, best.best_epoch, stale = dev_loss, epoch, 0
-            best_state = copy.deepcopy(model.state_dict())
-        else:
-            stale += 1
-            if stale >= settings.early_stop_patience:
-                break
-    model.load_state_dict(best_state)
-    return best
+        record = {"epoch": epoch, "train_loss": total / max(count, 1), "dev_loss": dev_loss, "lr": optimizer.param_groups[0]["lr"]}
+        if best.update(epoch, dev_loss, record):
+            break
+    return best.restore()
 
 
 def keep_modality(batch: Batch, modality: str) -> Batch:

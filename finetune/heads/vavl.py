@@ -27,7 +27,6 @@ CREMA-D has no attribute targets, so that path is exercised on synthetic targets
 
 from __future__ import annotations
 
-import copy
 import math
 from typing import Any, Mapping
 
@@ -37,7 +36,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from finetune.heads import BuildContext
-from finetune.trainer import FitResult, TrainSettings, make_optimizer, move
+from finetune.trainer import BestOnDev, FitResult, TrainSettings, make_optimizer, move
 from ssl_aver.errors import UserError
 from ssl_aver.models.conformer import Conformer
 from ssl_aver.models.encoder import SSLEncoder
@@ -373,9 +372,7 @@ class VAVLHead(nn.Module):
         self.to(device)
         optimizer = make_optimizer(self.parameters(), settings)
         scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=settings.lr_factor, patience=settings.lr_patience)
-        best_state = copy.deepcopy(self.state_dict())
-        best = FitResult(best_epoch=0, best_dev_loss=math.inf)
-        stale = 0
+        best = BestOnDev(self, settings.early_stop_patience)
         for epoch in tqdm(range(1, settings.epochs + 1), desc="VAVL", disable=not progress, leave=False):
             self._train_mode()
             totals: dict[str, list[float]] = {"audio": [], "video": [], "av": []}
@@ -392,16 +389,9 @@ class VAVLHead(nn.Module):
             record.update({f"train_{k}_loss": sum(v) / len(v) for k, v in totals.items() if v})
             record.update({f"dev_{k}_loss": v for k, v in dev.items()})
             record["train_loss"] = sum(record.get(f"train_{k}_loss", 0.0) for k in totals)
-            best.history.append(record)
-            if criterion < best.best_dev_loss - 1e-9:
-                best.best_dev_loss, best.best_epoch, stale = criterion, epoch, 0
-                best_state = copy.deepcopy(self.state_dict())
-            else:
-                stale += 1
-                if stale >= settings.early_stop_patience:
-                    break
-        self.load_state_dict(best_state)
-        return best
+            if best.update(epoch, criterion, record):
+                break
+        return best.restore()
 
 
 def demo_stage(ctx: Any) -> dict[str, Any]:
