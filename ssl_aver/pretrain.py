@@ -502,6 +502,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
                 stats = _step_stats(accelerator, parts, tasks)
                 bad = [t for k, t in enumerate(tasks) if not torch.isfinite(stats[k, 0])]
                 if bad:
+                    progress.close()
                     raise NonFiniteLoss(
                         f"non-finite loss at step {state.global_step + 1} (epoch {epoch + 1}, batch {state.step_in_epoch + 1}) "
                         f"in task(s) {', '.join(bad)}; no update was applied, the last good checkpoint in {ckpt_dir} is intact "
