@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
@@ -94,3 +95,21 @@ def landmarks_from_table(table: Any, name: str) -> np.ndarray:
 
     values = table[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64)
     return np.stack([values[:, :N_POINTS], values[:, N_POINTS:]], axis=-1)
+
+
+def read_face_csv(path: Path) -> Any:  # -> pandas.DataFrame
+    """A face-tracker CSV (OpenFace's ", " separators, py-feat's Fex); MediaError naming the problem."""
+    import pandas as pd
+
+    from ssl_aver.errors import MediaError
+
+    if not path.is_file():
+        raise MediaError(f"no face CSV at {path}")
+    if path.stat().st_size == 0:
+        raise MediaError(f"face CSV {path.name} is empty (0 bytes)")
+    try:
+        table = pd.read_csv(path, skipinitialspace=True)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise MediaError(f"face CSV {path.name} cannot be parsed: {str(err).splitlines()[0]}") from None
+    table.columns = [str(c).strip() for c in table.columns]
+    return table

@@ -15,21 +15,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pretext.faces import FaceSeries, au_number, landmarks_from_table
+from pretext.faces import FaceSeries, au_number, landmarks_from_table, read_face_csv
 from ssl_aver.errors import MediaError, UserError
-
-
-def _read_table(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        raise MediaError(f"no face CSV at {path}")
-    if path.stat().st_size == 0:
-        raise MediaError(f"face CSV {path.name} is empty (0 bytes)")
-    try:
-        table = pd.read_csv(path, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise MediaError(f"face CSV {path.name} cannot be parsed: {str(err).splitlines()[0]}") from None
-    table.columns = [str(c).strip() for c in table.columns]
-    return table
 
 
 def openface_aus(table: pd.DataFrame, intensity_min: float = 1.0) -> dict[int, np.ndarray]:
@@ -53,7 +40,7 @@ def openface_aus(table: pd.DataFrame, intensity_min: float = 1.0) -> dict[int, n
 def read_openface_csv(path: str | Path, min_confidence: float = 0.8, intensity_min: float = 1.0) -> FaceSeries:
     """Face data of one OpenFace 2.0 CSV; MediaError with a one-line reason when unusable."""
     p = Path(path)
-    table = _read_table(p)
+    table = read_face_csv(p)
     if "timestamp" not in table.columns:
         raise MediaError(f"face CSV {p.name} lacks the 'timestamp' column (is it OpenFace 2.0 output?)")
     landmarks = landmarks_from_table(table, f"face CSV {p.name}")

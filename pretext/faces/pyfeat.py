@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pretext.faces import FaceSeries, au_number, landmarks_from_table
+from pretext.faces import FaceSeries, au_number, landmarks_from_table, read_face_csv
 from ssl_aver.errors import MediaError, UserError
 
 DETECTORS = ("Detectorv1", "Detectorv2", "MPDetector")
@@ -56,15 +56,7 @@ def fex_to_series(table: pd.DataFrame, fps: float | None, name: str, probability
 def read_fex_csv(path: str | Path, fps: float | None = None, probability_min: float = 0.5) -> FaceSeries:
     """Face data of a py-feat CSV (Fex.to_csv / detect(save=...))."""
     p = Path(path)
-    if not p.is_file():
-        raise MediaError(f"no face CSV at {p}")
-    if p.stat().st_size == 0:
-        raise MediaError(f"face CSV {p.name} is empty (0 bytes)")
-    try:
-        table = pd.read_csv(p, skipinitialspace=True)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise MediaError(f"face CSV {p.name} cannot be parsed: {str(err).splitlines()[0]}") from None
-    return fex_to_series(table, fps, f"face CSV {p.name}", probability_min)
+    return fex_to_series(read_face_csv(p), fps, f"face CSV {p.name}", probability_min)
 
 
 def load_detector(name: str = "Detectorv1") -> Any:

@@ -141,6 +141,33 @@ class StoreWriter:
         return consolidate(self.path)
 
 
+def write_clip_features(
+    path: str | Path,
+    clips: dict[str, ClipFeatures],
+    modality: str,
+    extractor: str = "external",
+    config: dict[str, Any] | None = None,
+    weights: Any = "external",
+) -> Path:
+    """A store from features computed elsewhere (another toolkit, a test), so any head can train on them.
+
+    The frame shape comes from the arrays; `config` keys the store like an extractor config does.
+    """
+    if modality not in ("audio", "video") or not clips:
+        raise UserError("write_clip_features needs modality 'audio' or 'video' and at least one clip")
+    first = next(iter(clips.values())).array
+    meta = {
+        "extractor": extractor, "modality": modality, "config": dict(config or {}), "fingerprint": extractor,
+        "frame_shape": list(first.shape[1:]), "dtype": "float32", "layers": None, "fps": None, "weights": weights,
+        "has_mask": modality == "video",
+    }
+    writer = StoreWriter(path, meta)
+    for clip, features in clips.items():
+        writer.put(clip, features)
+    writer.consolidate()
+    return Path(path)
+
+
 def _iter_shards(shard_dir: Path) -> Iterator[tuple[str, Path]]:
     for path in sorted(shard_dir.glob("*.npz")):
         with np.load(path, allow_pickle=False) as npz:

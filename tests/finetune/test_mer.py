@@ -17,19 +17,9 @@ from finetune.valence import VALENCE_BY_EMOTION, derived_crema_d_valence
 from ssl_aver.cli import main
 from ssl_aver.crema_d_labels import EMOTIONS
 from ssl_aver.errors import UserError
-from ssl_aver.features.store import ClipFeatures, StoreWriter
+from ssl_aver.features.store import ClipFeatures, write_clip_features
 
 TINY = ["model.dim=16", "model.dropout=0.0", "train.batch_size=16", "eval.bootstrap=20", "progress=false", "splits.k=1", "train.num_threads=1"]
-
-
-def _store(path, modality: str, frame_shape: list[int], clips: dict[str, ClipFeatures]) -> str:
-    meta = {"extractor": "test", "modality": modality, "config": {"n": len(clips)}, "fingerprint": "t", "frame_shape": frame_shape,
-            "dtype": "float32", "layers": None, "fps": None, "weights": "random", "has_mask": modality == "video"}
-    writer = StoreWriter(path, meta)
-    for clip, features in clips.items():
-        writer.put(clip, features)
-    writer.consolidate()
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +37,7 @@ def mer_stores(tiny_crema, tmp_path_factory):
         faces = rng.standard_normal((4, 6)).astype(np.float32)
         faces[:, :6] += code[:6]
         video[clip] = ClipFeatures(faces, 30.0, np.array([True, True, False, True]))
-    return _store(root / "audio", "audio", [3, 8], audio), _store(root / "video", "video", [6], video)
+    return write_clip_features(root / "audio", modality="audio", clips=audio), write_clip_features(root / "video", modality="video", clips=video)
 
 
 def _cfg(tiny_crema, stores, out, *extra):

@@ -13,20 +13,10 @@ from finetune.data import crema_d_task
 from finetune.run import build_config, finetune
 from ssl_aver.cli import main
 from ssl_aver.errors import UserError
-from ssl_aver.features.store import ClipFeatures, StoreWriter
+from ssl_aver.features.store import ClipFeatures, write_clip_features
 
 COMMON = ["model.d_model=16", "model.ff_dim=16", "model.n_heads=2", "model.audio_layers=1", "model.video_layers=1", "model.pool_hidden=8",
           "model.head_hidden=16", "train.batch_size=16", "train.lr=3e-3", "eval.bootstrap=20", "progress=false"]
-
-
-def _store(path, modality, frame_shape, clips):
-    meta = {"extractor": "test", "modality": modality, "config": {"n": len(clips)}, "fingerprint": "t", "frame_shape": list(frame_shape),
-            "dtype": "float32", "layers": None, "fps": None, "weights": "random", "has_mask": modality == "video"}
-    writer = StoreWriter(path, meta)
-    for clip, feats in clips.items():
-        writer.put(clip, feats)
-    writer.consolidate()
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +35,7 @@ def stores(tiny_crema, tmp_path_factory):
         v = face @ mu_v + rng.standard_normal((int(rng.integers(5, 9)), 6))
         audio[row["clip"]] = ClipFeatures(a.astype(np.float32), 50.0)
         video[row["clip"]] = ClipFeatures(v.astype(np.float32), 25.0, np.ones(len(v), bool))
-    return _store(out / "audio", "audio", [3, 8], audio), _store(out / "video", "video", [6], video)
+    return write_clip_features(out / "audio", modality="audio", clips=audio), write_clip_features(out / "video", modality="video", clips=video)
 
 
 def test_stage2_leaves_stage1_weights_unchanged_and_losses_fall(tiny_crema, stores, tmp_path, monkeypatch):
@@ -141,8 +131,8 @@ def test_pretrained_encoder_branch_trains_in_stage1_only(tiny_crema, tmp_path):
 
     labels = crema_d_task(tiny_crema, "av", "multilabel").labels
     rng = np.random.default_rng(1)
-    audio = _store(tmp_path / "lld", "audio", [130], {c: ClipFeatures(rng.standard_normal((12, 130)).astype(np.float32), 62.5) for c in labels["clip"]})
-    video = _store(tmp_path / "face", "video", [6], {c: ClipFeatures(rng.standard_normal((5, 6)).astype(np.float32), 25.0, np.ones(5, bool)) for c in labels["clip"]})
+    audio = write_clip_features(tmp_path / "lld", modality="audio", clips={c: ClipFeatures(rng.standard_normal((12, 130)).astype(np.float32), 62.5) for c in labels["clip"]})
+    video = write_clip_features(tmp_path / "face", modality="video", clips={c: ClipFeatures(rng.standard_normal((5, 6)).astype(np.float32), 25.0, np.ones(5, bool)) for c in labels["clip"]})
     encoder = SSLEncoder({"d_model": 8, "n_heads": 2, "n_plain_layers": 1, "n_scaled_layers": 0, "ff_dim": 16})
     encoder.save_pretrained(tmp_path / "encoder")
     out = tmp_path / "run"

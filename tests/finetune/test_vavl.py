@@ -14,22 +14,12 @@ from finetune.heads.vavl import VAVLHead, ccc_loss
 from finetune.run import build_config, finetune
 from finetune.trainer import TrainSettings, make_optimizer
 from ssl_aver.cli import main
-from ssl_aver.features.store import ClipFeatures, StoreWriter
+from ssl_aver.features.store import ClipFeatures, write_clip_features
 from ssl_aver.models.conformer import Conformer
 from ssl_aver.models.encoder import SSLEncoder
 
 TINY = ["model.d_model=16", "model.n_heads=2", "model.audio_layers=1", "model.video_layers=1", "model.shared_layers=1",
         "model.conv_kernel=3", "model.ff_expansion=2", "model.head_hidden=[16,16]", "train.batch_size=16", "eval.bootstrap=20", "progress=false"]
-
-
-def _store(path, modality, frame_shape, clips):
-    meta = {"extractor": "test", "modality": modality, "config": {"n": len(clips)}, "fingerprint": "t", "frame_shape": list(frame_shape),
-            "dtype": "float32", "layers": None, "fps": None, "weights": "random", "has_mask": modality == "video"}
-    writer = StoreWriter(path, meta)
-    for clip, feats in clips.items():
-        writer.put(clip, feats)
-    writer.consolidate()
-    return path
 
 
 def make_stores(root, out, audio_dim=8, drop_video_every=4, seed=0):
@@ -46,7 +36,7 @@ def make_stores(root, out, audio_dim=8, drop_video_every=4, seed=0):
             continue
         v = (mu_v[e] + rng.standard_normal((int(rng.integers(6, 10)), 6))).astype(np.float32)
         video[clip] = ClipFeatures(v, 25.0, np.ones(len(v), bool))
-    return _store(out / "audio", "audio", [audio_dim], audio), _store(out / "video", "video", [6], video)
+    return write_clip_features(out / "audio", modality="audio", clips=audio), write_clip_features(out / "video", modality="video", clips=video)
 
 
 def _tiny_head(**over) -> VAVLHead:
