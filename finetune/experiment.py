@@ -3,8 +3,11 @@
 Fine-tunes every system (supervised baseline, wav2vec 2.0 baseline, pretext-pretrained encoder,
 or any list) with the same base recipe on the same K splits and the same cached features, then
 writes the table of mean macro/micro precision, recall and F1 with the paired t-tests. A system
-whose run directory already holds metrics.json for the same resolved config is reused, so an
-interrupted experiment continues where it stopped.
+may carry its own fine-tuning overrides (`systems[i].overrides`, e.g. paper 1's 1,200-iteration
+schedule of the wav2vec 2.0 baseline). A system's finished splits are reused only when their
+recorded inputs (config, encoder sha256, stores, labels, splits) still match, so an interrupted
+experiment continues where it stopped and a changed encoder is never reported with old numbers
+(`--force` recomputes what changed).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ssl_aver.config import load_config, save_config
 from ssl_aver.errors import UserError
-from ssl_aver.io import read_json, write_json
+from ssl_aver.io import write_json
 
 DEFAULTS: dict[str, Any] = {
     "output_dir": "runs/experiments/table2_crema_d",
@@ -26,7 +29,7 @@ DEFAULTS: dict[str, Any] = {
     "finetune": {"config": "recipes/finetune/ser_crema_d.yaml", "overrides": []},
     "data": {"root": None},
     "splits": {"k": 20, "seed": 0},
-    "systems": [{"name": "supervised", "encoder": None}],
+    "systems": [{"name": "supervised", "encoder": None, "overrides": []}],
     "reference": "supervised",
     "test": {"metric": "macro_f1", "alternative": "greater", "alpha": 0.05},
 }
@@ -37,45 +40,45 @@ def build_config(config: str | Path | None, overrides: Sequence[str] = ()) -> Di
     names = [str(s.get("name")) for s in cfg.systems]
     if len(set(names)) != len(names) or "None" in names:
         raise UserError(f"systems need unique names, got {names}")
+    check_systems(cfg.systems, ("name", "encoder", "overrides"))
     if cfg.reference not in names:
         raise UserError(f"reference '{cfg.reference}' is not one of the systems {names}")
     return cfg
 
 
-def run_system(cfg: DictConfig, name: str, encoder: str | None, out: Path, extra: Sequence[str] = ()) -> dict[str, Any]:
-    """Fine-tune one system on the experiment's shared splits and features (reused when done)."""
+def check_systems(systems: Any, allowed: Sequence[str]) -> None:
+    """Each system entry is a mapping of known keys (a misspelt key names itself)."""
+    for system in systems:
+        unknown = sorted(set(system) - set(allowed))
+        if unknown:
+            raise UserError(f"system '{system.get('name')}': unknown key(s) {unknown}; allowed: {list(allowed)}")
+
+
+def run_system(cfg: DictConfig, name: str, encoder: str | None, out: Path, extra: Sequence[str] = (), force: bool = False) -> dict[str, Any]:
+    """Fine-tune one system on the experiment's shared splits and features (finished splits reused
+    when their inputs match; `extra` = the system's own overrides, applied last)."""
     from finetune.run import build_config as finetune_config
     from finetune.run import finetune
 
-    run_dir = out / "systems" / name
     overrides = [
-        f"output_dir={run_dir}", f"seed={cfg.seed}", f"data.root={cfg.data.root}", f"splits.k={cfg.splits.k}",
+        f"output_dir={out / 'systems' / name}", f"seed={cfg.seed}", f"data.root={cfg.data.root}", f"splits.k={cfg.splits.k}",
         f"splits.seed={cfg.splits.seed}", f"features.cache={out / 'features'}",
         f"encoder={encoder if encoder else 'null'}", f"splits.file={shared_splits(cfg, out)}", *cfg.finetune.overrides, *extra,
     ]
-    sub = finetune_config(cfg.finetune.config, overrides)
-    resolved = OmegaConf.to_yaml(sub)
-    if (run_dir / "metrics.json").is_file() and (run_dir / "config.yaml").is_file() and (run_dir / "config.yaml").read_text() == resolved:
-        return read_json(run_dir / "metrics.json")
-    return finetune(sub)
+    return finetune(finetune_config(cfg.finetune.config, overrides), force=force)
 
 
 def shared_splits(cfg: DictConfig, out: Path) -> Path:
-    """The K actor partitions every system of the experiment uses (made once, then reused)."""
-    from finetune.data import crema_d_task
+    """OUT/splits.csv: the K actor partitions every system of the experiment uses."""
     from finetune.run import build_config as finetune_config
-    from ssl_aver.splits import make_splits, save_splits
+    from finetune.run import write_shared_splits
 
-    path = out / "splits.csv"
-    if not path.is_file():
-        base = finetune_config(cfg.finetune.config, [f"data.root={cfg.data.root}", *cfg.finetune.overrides])
-        task = crema_d_task(base.data.root, base.data.condition, base.data.target, base.data.tie_break, base.data.votes, base.data.demographics)
-        actors = sorted(task.labels["actor"].astype(str).unique())
-        save_splits(make_splits(actors, int(cfg.splits.k), int(cfg.splits.seed), tuple(base.splits.fractions)), path)
-    return path
+    base = finetune_config(cfg.finetune.config, [f"data.root={cfg.data.root}", *cfg.finetune.overrides])
+    return write_shared_splits(base, int(cfg.splits.k), int(cfg.splits.seed), out / "splits.csv")
 
 
-def experiment(cfg: DictConfig) -> dict[str, Any]:
+def experiment(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
+    """Fine-tune every system on the shared splits; write table.json and table.md."""
     from finetune.tables import compare, markdown, table_rows
 
     out = Path(cfg.output_dir)
@@ -86,7 +89,7 @@ def experiment(cfg: DictConfig) -> dict[str, Any]:
         encoder = system.get("encoder")
         if encoder and not Path(encoder).is_dir():
             raise UserError(f"system '{system.name}': encoder directory not found: {encoder}")
-        results[str(system.name)] = run_system(cfg, str(system.name), encoder, out)
+        results[str(system.name)] = run_system(cfg, str(system.name), encoder, out, list(system.get("overrides") or []), force=force)
     significance = compare(results, str(cfg.reference), str(cfg.test.metric), str(cfg.test.alternative), float(cfg.test.alpha))
     rows = table_rows(results)
     report = {"rows": rows, "significance": significance, "systems": {k: v["overall"] for k, v in results.items()}}
@@ -98,11 +101,12 @@ def experiment(cfg: DictConfig) -> dict[str, Any]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="experiment YAML, e.g. recipes/experiments/table2_crema_d.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data/CREMA-D splits.k=5")
+    parser.add_argument("--force", action="store_true", help="recompute systems whose inputs changed (default: stop and say what changed)")
 
 
 def run(args: argparse.Namespace) -> int:
     cfg = build_config(args.config, args.overrides)
-    experiment(cfg)
+    experiment(cfg, force=args.force)
     print((Path(cfg.output_dir) / "table.md").read_text())
     return 0
 
@@ -116,7 +120,7 @@ def demo_stage(ctx: Any) -> dict[str, Any]:
         f"systems=[{{name: supervised, encoder: null}}, {{name: pretext, encoder: {encoder}}}]",
         f"finetune.overrides=[{','.join([*OmegaConf.load(recipe).finetune.overrides, 'features.audio.store=' + ctx.results['features']['audio_store']])}]",
     ])
-    report = experiment(cfg)
+    report = experiment(cfg, force=True)
     f1 = {name: round(summary["macro_f1"]["mean"], 4) for name, summary in report["systems"].items()}
     test = report["significance"]["tests"]["supervised"]
     return {

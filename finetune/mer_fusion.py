@@ -11,8 +11,17 @@ choosing (k1, k2, k3) per split on the DEV predictions by a grid search over the
 with them. The paper does not say how the k were chosen; a dev grid search keeps the test set
 untouched. Writes OUT/table1.csv (one row per structure/decoder/fused: weighted F1 "Dis",
 valence MSE "Dim", MER score "Com", mean and std over splits), OUT/table1.md (the paper's
-layout) and OUT/table1.json (with the chosen weights per split). A run whose folder already
-holds metrics.json for the same resolved config is reused, so an interrupted table resumes.
+layout) and OUT/table1.json (with the chosen weights per split). A run's finished splits are
+reused when their recorded inputs (inputs.json) still match, so an interrupted table resumes;
+changed inputs stop the table naming them (`--force` recomputes).
+
+Significance: the paper reports one score per system on the MER2023 test sets and runs no
+statistical test (its "significantly improves" is not backed by one). Here every system is run
+on the same K splits, so the table adds a paired t-test (finetune.tables.compare, paired by
+split id) of a reference system against every other column: by default the paper's final system,
+the fused JDEV decoder (`fused_jdev`; without fusion the last structure of the last decoder), on
+the MER score, two-tailed (no direction is claimed in advance; paper 2's convention), p < 0.05.
+`--reference`, `--metric`, `--alternative` and `--alpha` change it; table1.json has the p-values.
 """
 
 from __future__ import annotations
@@ -23,10 +32,10 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
 from ssl_aver.errors import UserError
-from ssl_aver.io import atomic_write_text, read_json, write_dataframe, write_json
+from ssl_aver.io import atomic_write_text, write_dataframe, write_json
 
 STRUCTURES = ("parallel", "pairwise", "hierarchical")
 DECODERS = ("baseline", "jdev")
@@ -112,68 +121,86 @@ def fuse_runs(runs: Sequence[str | Path], step: float = 0.1) -> dict[str, Any]:
         weights, dev_score = choose_weights(*chosen["dev"], step=step)
         probs, valence, targets, valence_target = chosen["test"]
         test = scores(*fuse(probs, valence, weights), targets, valence_target)
-        per_split.append({"split": split, "weights": weights.tolist(), "dev_mer_score": dev_score, **test})
-    overall = {key: {"mean": float(np.mean([s[key] for s in per_split])), "std": float(np.std([s[key] for s in per_split]))}
-               for key in ("weighted_f1", "valence_mse", "mer_score")}
+        per_split.append({"split": int(split.removeprefix("split_")), "weights": weights.tolist(), "dev_mer_score": dev_score, **test})
+    overall = {}
+    for key in ("weighted_f1", "valence_mse", "mer_score"):
+        values = [s[key] for s in per_split]
+        overall[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
     return {"runs": [str(d) for d in dirs], "step": step, "splits": per_split, "overall": overall}
 
 
-def _same_config(run_dir: Path, cfg: DictConfig) -> bool:
-    saved = run_dir / "config.yaml"
-    if not (run_dir / "metrics.json").is_file() or not saved.is_file():
-        return False
-    return OmegaConf.to_container(OmegaConf.load(saved), resolve=True) == OmegaConf.to_container(cfg, resolve=True)
+def _markdown(rows: list[dict[str, Any]], structures: Sequence[str], decoders: Sequence[str], title: str, significance: dict[str, Any]) -> str:
+    """The paper's layout (one column per structure/decoder), a p row and the test's legend."""
+    from finetune.tables import legend, mark, p_cell
 
-
-def _markdown(rows: list[dict[str, Any]], structures: Sequence[str], decoders: Sequence[str], title: str) -> str:
     columns = [(s, d) for s in [*structures, "fused"] for d in decoders]
     index = {(r["structure"], r["decoder"]): r for r in rows}
     numbers = {s: str(STRUCTURES.index(s) + 1) for s in structures}
     numbers["fused"] = "+".join(numbers[s] for s in structures) + " fused"
-    lines = [f"# {title}", "", "| | " + " | ".join(f"{numbers[s]} {d}" for s, d in columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    heads = [f"{numbers[s]} {d}{mark(f'{s}_{d}', significance)}" for s, d in columns]
+    lines = [f"# {title}", "", "| | " + " | ".join(heads) + " |", "|---" * (len(columns) + 1) + "|"]
     for key, name in (("weighted_f1", "Dis (weighted F1, up)"), ("valence_mse", "Dim (valence MSE, down)"), ("mer_score", "Com (MER score, up)")):
         cells = [f"{index[c][key]:.4f} +- {index[c][key + '_std']:.4f}" if c in index else "" for c in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    cells = [p_cell(f"{s}_{d}", significance) if (s, d) in index else "" for s, d in columns]
+    lines.append(f"| p vs {significance['reference']} ({significance['metric']}) | " + " | ".join(cells) + " |")
+    return "\n".join([*lines, "", *legend(significance)]) + "\n"
+
+
+def default_reference(structures: Sequence[str], decoders: Sequence[str]) -> str:
+    """The paper's final system: the fused structures of the last decoder (JDEV by default), or
+    the last structure when only one is run (no fusion)."""
+    return f"{'fused' if len(structures) > 1 else structures[-1]}_{decoders[-1]}"
 
 
 def mer_table(
     config: str | Path, overrides: Sequence[str] = (), structures: Sequence[str] = STRUCTURES, decoders: Sequence[str] = DECODERS, step: float = 0.1,
+    reference: str | None = None, metric: str = "mer_score", alternative: str = "two-sided", alpha: float = 0.05, force: bool = False,
 ) -> dict[str, Any]:
-    """Run (or reuse) every structure x decoder run of the recipe, fuse, and write Table 1."""
+    """Run (or reuse) every structure x decoder run of the recipe, fuse, test against the
+    reference system (module docstring) and write Table 1."""
     import pandas as pd
 
     from finetune.run import build_config, finetune
+    from finetune.tables import check_test, compare
 
     unknown = sorted(set(structures) - set(STRUCTURES)) + sorted(set(decoders) - set(DECODERS))
     if unknown:
         raise UserError(f"unknown structure/decoder {unknown}; structures: {STRUCTURES}, decoders: {DECODERS}")
+    reference = reference or default_reference(structures, decoders)
+    names = [f"{s}_{d}" for d in decoders for s in [*structures, *(["fused"] if len(structures) > 1 else [])]]
+    if reference not in names:
+        raise UserError(f"--reference {reference} is not a system of this table; choose one of {names}")
+    if metric not in ("weighted_f1", "valence_mse", "mer_score"):
+        raise UserError(f"--metric {metric} is not a Table 1 score; choose weighted_f1, valence_mse or mer_score")
+    check_test(alternative, alpha)
     base = build_config(config, overrides)
     if str(base.head) != "mer":
         raise UserError(f"mer-table needs a recipe of the mer head, got head={base.head}")
     out = Path(base.output_dir)
     rows: list[dict[str, Any]] = []
     fused: dict[str, Any] = {}
+    summaries: dict[str, Any] = {}
     for decoder in decoders:
         run_dirs = []
         for structure in structures:
             run_dir = out / f"{structure}_{decoder}"
             cfg = build_config(config, [*overrides, f"output_dir={run_dir}", f"model.structure={structure}", f"model.decoder={decoder}", "eval.dev_predictions=true"])
-            if not _same_config(run_dir, cfg):
-                finetune(cfg)
+            summaries[f"{structure}_{decoder}"] = finetune(cfg, force=force)
             run_dirs.append(run_dir)
-            primary = read_json(run_dir / "metrics.json")["overall"]
+            primary = summaries[f"{structure}_{decoder}"]["overall"]
             rows.append({"structure": structure, "decoder": decoder, **{k: primary[k]["mean"] for k in ("weighted_f1", "valence_mse", "mer_score")},
                          **{f"{k}_std": primary[k]["std"] for k in ("weighted_f1", "valence_mse", "mer_score")}})
         if len(run_dirs) > 1:
-            fused[decoder] = fuse_runs(run_dirs, step)
+            fused[decoder] = summaries[f"fused_{decoder}"] = fuse_runs(run_dirs, step)
             overall = fused[decoder]["overall"]
             rows.append({"structure": "fused", "decoder": decoder, **{k: v["mean"] for k, v in overall.items()}, **{f"{k}_std": v["std"] for k, v in overall.items()}})
+    significance = compare(summaries, reference, metric, alternative, alpha)
     title = f"MER joint decoding on {Path(str(base.data.root)).name} ({base.data.condition} ratings), {int(base.splits.k)} splits, test set"
     table = pd.DataFrame(rows)
     write_dataframe(out / "table1.csv", table)
-    atomic_write_text(out / "table1.md", _markdown(rows, structures, decoders, title))
-    result = {"title": title, "rows": rows, "fusion": fused, "valence_source": str(base.model.valence_source)}
+    atomic_write_text(out / "table1.md", _markdown(rows, structures, decoders, title, significance))
+    result = {"title": title, "rows": rows, "fusion": fused, "significance": significance, "valence_source": str(base.model.valence_source)}
     write_json(out / "table1.json", result)
     return result
 
@@ -183,11 +210,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--structures", nargs="+", default=list(STRUCTURES), help="fusion structures to run (default: all three)")
     parser.add_argument("--decoders", nargs="+", default=list(DECODERS), help="decoders to run (default: baseline jdev)")
     parser.add_argument("--step", type=float, default=0.1, help="grid step of the fusion weights k1..k3 (default 0.1)")
+    parser.add_argument("--reference", default=None, help="system tested against every other, e.g. fused_jdev (default), parallel_baseline")
+    parser.add_argument("--metric", default="mer_score", help="score of the paired t-test: mer_score (default), weighted_f1 or valence_mse")
+    parser.add_argument("--alternative", default="two-sided", help="two-sided (default), greater or less (reference minus other)")
+    parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired t-test (default 0.05)")
+    parser.add_argument("--force", action="store_true", help="recompute runs whose inputs changed (default: stop and say what changed)")
     parser.add_argument("overrides", nargs="*", help="dotted overrides of the recipe, e.g. data.root=/data/CREMA-D splits.k=5")
 
 
 def run(args: argparse.Namespace) -> int:
-    result = mer_table(args.config, args.overrides, args.structures, args.decoders, args.step)
+    result = mer_table(
+        args.config, args.overrides, args.structures, args.decoders, args.step, args.reference, args.metric, args.alternative, args.alpha, args.force,
+    )
     for row in result["rows"]:
         print(f"{row['structure']:>12} {row['decoder']:>8}: weighted F1 {row['weighted_f1']:.4f}  MSE {row['valence_mse']:.4f}  MER {row['mer_score']:.4f}")
     return 0
@@ -206,7 +240,7 @@ def demo_stage(ctx: Any) -> dict[str, Any]:
     result = mer_table(PACKAGE_ROOT / "recipes/finetune/mer_demo.yaml", [
         f"data.root={ctx.data / 'crema-d'}", f"output_dir={out}", f"seed={ctx.seed}",
         f"features.audio.store={features['audio_store']}", f"features.video.store={features['video_store']}",
-    ], step=0.25)
+    ], step=0.25, force=True)
     table = {f"{r['structure']}_{r['decoder']}": {k: round(float(r[k]), 4) for k in ("weighted_f1", "valence_mse", "mer_score")} for r in result["rows"]}
     best = {d: max((r for r in result["rows"] if r["decoder"] == d), key=lambda r: r["mer_score"]) for d in DECODERS}
     return {

@@ -6,11 +6,19 @@ best-dev weights restored) and evaluated once on test, in each of its test condi
 once per corpus and feature config, then reused. The run directory holds the resolved config,
 the splits CSV, per split its predictions (clip + one probability column per emotion), metrics
 and weights, and overall `metrics.json` (per split + mean/std over splits) and `metrics.md`.
+
+A run folder is reused only for the inputs it was computed from (`ssl_aver.provenance`):
+`inputs.json` records the config (less keys that cannot change a result), the encoder weights'
+sha256, the feature stores' fingerprints and the sha256 of the label table and the splits. An
+interrupted run with the same inputs keeps its finished splits; a finished split from other
+inputs (a smoke run, a retrained encoder at the same path) is never reported: the run stops
+with the changed inputs named, or with `--force` recomputes every split.
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -62,13 +70,17 @@ DEFAULTS: dict[str, Any] = {
         "betas": [0.9, 0.999],
         "lr_patience": 5,
         "lr_factor": 0.1,
-        "early_stop_patience": 5,
+        "early_stop_patience": 10,
+        "max_steps": None,
         "grad_clip": 0.0,
         "num_workers": 0,
         "num_threads": 0,
     },
     "eval": {"bootstrap": 1000, "groups": ["sex", "race", "age_group"], "dev_predictions": False},
 }
+
+#: Config keys that cannot change a result, or whose content a checksum in inputs.json stands for.
+UNRECORDED_KEYS = ("output_dir", "progress", "device", "encoder", "features", "splits", "train.num_workers", "train.num_threads")
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 CONDITION_NAMES = {"av": "AV", "audio": "audio-only", "video": "video-only"}
@@ -111,18 +123,60 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _splits(cfg: DictConfig, actors: list[str], out: Path) -> list[dict[str, str]]:
-    from ssl_aver.splits import load_splits, make_splits, save_splits
+def _splits(cfg: DictConfig, actors: list[str]) -> list[dict[str, str]]:
+    from ssl_aver.splits import load_splits, make_splits
 
     if cfg.splits.file:
         splits = load_splits(cfg.splits.file)[: int(cfg.splits.k)]
         unknown = sorted(set(actors) - set(splits[0]))
         if unknown:
             raise UserError(f"splits file {cfg.splits.file} has no set for actors {unknown[:5]}")
-    else:
-        splits = make_splits(actors, int(cfg.splits.k), int(cfg.splits.seed), tuple(cfg.splits.fractions))
-    save_splits(splits, out / "splits.csv")
-    return splits
+        return splits
+    return make_splits(actors, int(cfg.splits.k), int(cfg.splits.seed), tuple(cfg.splits.fractions))
+
+
+def write_shared_splits(base: DictConfig, k: int, seed: int, path: Path) -> Path:
+    """The K actor partitions every system of a table uses, from the labels of recipe `base`.
+
+    Made afresh on every run (deterministic and cheap), so a changed k or seed never leaves
+    the systems on an old file; their inputs.json then records the splits actually used.
+    """
+    from finetune.data import crema_d_task
+    from ssl_aver.splits import make_splits, save_splits
+
+    task = crema_d_task(base.data.root, base.data.condition, base.data.target, base.data.tie_break, base.data.votes, base.data.demographics)
+    actors = sorted(task.labels["actor"].astype(str).unique())
+    save_splits(make_splits(actors, int(k), int(seed), tuple(base.splits.fractions)), path)
+    return path
+
+
+def train_settings(cfg: DictConfig) -> Any:
+    """TrainSettings of a recipe (`pretrained_epochs` when starting from a pretrained encoder)."""
+    from finetune.trainer import TrainSettings
+
+    def optional(value: Any) -> int | None:
+        return None if value is None else int(value)
+
+    t = cfg.train
+    return TrainSettings(
+        epochs=int(t.pretrained_epochs if cfg.encoder else t.epochs), lr=float(t.lr), batch_size=int(t.batch_size),
+        optimizer=str(t.optimizer), weight_decay=float(t.weight_decay), betas=tuple(t.betas), lr_patience=optional(t.lr_patience),
+        lr_factor=float(t.lr_factor), early_stop_patience=optional(t.early_stop_patience), grad_clip=float(t.grad_clip),
+        max_steps=optional(t.max_steps),
+    )
+
+
+def inputs_record(cfg: DictConfig, task: Any, stores: dict[str, Path], splits: list[dict[str, str]]) -> dict[str, Any]:
+    """What a run's results depend on (written as inputs.json; see the module docstring)."""
+    from ssl_aver import provenance
+
+    return {
+        "config": provenance.config_record(cfg, UNRECORDED_KEYS),
+        "encoder": provenance.encoder_fingerprint(cfg.encoder),
+        "stores": {m: provenance.feature_store_fingerprint(p) for m, p in sorted(stores.items())},
+        "labels_sha256": provenance.digest(task.labels.to_csv(index=False)),
+        "splits_sha256": provenance.digest(splits),
+    }
 
 
 def feature_store(cfg: DictConfig, modality: str, out: Path) -> Path:
@@ -288,8 +342,12 @@ def _inference_record(cfg: DictConfig, task: Any, stores: dict[str, Path], wave:
     return record
 
 
-def finetune(cfg: DictConfig) -> dict[str, Any]:
-    """Run the recipe; returns the summary also written to OUT/metrics.json."""
+def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
+    """Run the recipe; returns the summary also written to OUT/metrics.json.
+
+    Finished splits of an earlier run in the same folder are reused when its inputs.json
+    matches; otherwise a UserError names what changed, or `force` recomputes every split.
+    """
     from safetensors.torch import save_file
 
     from ssl_aver.metrics import evaluate_predictions
@@ -297,21 +355,18 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
     from finetune.data import crema_d_task
     from finetune.heads import head_class
     from finetune.heads.ser import encoder_kind
-    from finetune.trainer import TrainSettings, fit, predict_outputs
+    from finetune.trainer import fit, predict_outputs
 
-    from omegaconf import OmegaConf
     from tqdm.auto import tqdm
 
+    from ssl_aver import provenance
     from ssl_aver.io import read_json
+    from ssl_aver.splits import save_splits
 
     start = time.perf_counter()
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    # An interrupted run with the same resolved config keeps its finished splits (a split is done
-    # once its metrics.json, written last, exists); any other config starts the splits afresh.
-    previous = (out / "config.yaml").read_text(encoding="utf-8") if (out / "config.yaml").is_file() else None
-    resume = previous == OmegaConf.to_yaml(cfg, resolve=True)
-    save_config(cfg, out)
+    settings = train_settings(cfg)
     if int(cfg.train.num_threads):
         torch.set_num_threads(int(cfg.train.num_threads))
     seed_everything(int(cfg.seed))
@@ -332,14 +387,19 @@ def finetune(cfg: DictConfig) -> dict[str, Any]:
         paths = {c.clip: c.audio for c in read_crema_d(cfg.data.root).clips if c.audio}
     else:
         stores = {m: feature_store(cfg, m, out) for m in head_cls.inputs}
+    splits = _splits(cfg, sorted(task.labels["actor"].astype(str).unique()))
+    # A split is finished once its metrics.json (written last) exists; it is reused only when the
+    # run's inputs are unchanged, and stale splits (other inputs, --force) are removed first.
+    record = inputs_record(cfg, task, stores, splits)
+    finished = sorted(out.glob("split_*/metrics.json"))
+    resume = provenance.check_reuse(out, record, finished=bool(finished), force=force, what="fine-tuning run")
+    if not resume:
+        for stale in out.glob("split_*"):
+            shutil.rmtree(stale)
+    provenance.write_record(out, record)
+    save_config(cfg, out)
+    save_splits(splits, out / "splits.csv")
     write_json(out / "inference.json", _inference_record(cfg, task, stores, wave))
-    splits = _splits(cfg, sorted(task.labels["actor"].astype(str).unique()), out)
-    settings = TrainSettings(
-        epochs=int(cfg.train.pretrained_epochs if cfg.encoder else cfg.train.epochs), lr=float(cfg.train.lr),
-        batch_size=int(cfg.train.batch_size), optimizer=str(cfg.train.optimizer), weight_decay=float(cfg.train.weight_decay),
-        betas=tuple(cfg.train.betas), lr_patience=int(cfg.train.lr_patience), lr_factor=float(cfg.train.lr_factor),
-        early_stop_patience=int(cfg.train.early_stop_patience), grad_clip=float(cfg.train.grad_clip),
-    )
     groups_cols = [g for g in cfg.eval.groups if g in task.labels.columns]
     multilabel = task.task == "multilabel"
     batch, workers = int(cfg.train.batch_size), int(cfg.train.num_workers)
@@ -408,6 +468,7 @@ def run_demo_recipe(ctx: Any, recipe: str, stage: str, label: str) -> dict[str, 
     """A head's demo stage: its tiny recipe on the demo CREMA-D stores (features stage), 3 splits.
 
     Returns the run directory, macro-F1 per test condition and a headline for the demo table.
+    The demo recomputes whatever changed since an earlier demo in the same folder (force).
     """
     features = ctx.results.get("features", {})
     if not features.get("audio_store") or not features.get("video_store"):
@@ -417,7 +478,7 @@ def run_demo_recipe(ctx: Any, recipe: str, stage: str, label: str) -> dict[str, 
         f"data.root={ctx.data / 'crema-d'}", f"output_dir={out}", f"seed={ctx.seed}",
         f"features.audio.store={features['audio_store']}", f"features.video.store={features['video_store']}",
     ])
-    summary = finetune(cfg)
+    summary = finetune(cfg, force=True)
     f1 = {m: round(v["macro_f1"]["mean"], 4) for m, v in summary["by_modality"].items()}
     return {
         "run": str(out),
@@ -431,10 +492,11 @@ def run_demo_recipe(ctx: Any, recipe: str, stage: str, label: str) -> dict[str, 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="recipe YAML, e.g. recipes/finetune/ser_crema_d.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data/CREMA-D splits.k=5")
+    parser.add_argument("--force", action="store_true", help="recompute finished splits whose inputs changed (default: stop and say what changed)")
 
 
 def run(args: argparse.Namespace) -> int:
-    summary = finetune(build_config(args.config, args.overrides))
+    summary = finetune(build_config(args.config, args.overrides), force=args.force)
     for modality, overall in summary["by_modality"].items():
         f1 = overall["macro_f1"]
         print(f"{summary['head']} [{modality}]: macro-F1 {f1['mean']:.4f} +- {f1['std']:.4f} over {len(summary['splits'])} splits")

@@ -3,6 +3,19 @@
 Adam (or AdamW), learning rate x `lr_factor` after `lr_patience` epochs without dev
 improvement, early stopping on the dev loss, and the model with the best dev loss restored at
 the end, so that the test set is evaluated exactly once, on the model chosen on dev.
+
+Schedule (paper 1: "a five epoch-patience learning decay with a 0.1 factor ... early stopping
+criterion based on the development loss"; the early-stopping patience is not given): the rate
+is multiplied by `lr_factor` at the end of the `lr_patience`-th consecutive epoch without dev
+improvement (again after each further `lr_patience` such epochs), and the run stops after
+`early_stop_patience` such epochs. torch's ReduceLROnPlateau(patience=p) would cut only after
+p + 1 epochs. The default early-stopping patience is 10 = 2 x 5, so the decayed rate gets five
+epochs before the run can stop; a patience at or below `lr_patience` would stop every run
+before its decay, which `TrainSettings` refuses. `None` turns either off.
+
+`max_steps` bounds the run in optimizer steps instead of epochs (paper 1 fine-tunes its
+wav2vec 2.0 baseline for 1,200 iterations): training stops mid-epoch at that step, the dev
+set is evaluated there, and `epochs` no longer limits the run.
 """
 
 from __future__ import annotations
@@ -30,10 +43,22 @@ class TrainSettings:
     optimizer: str = "adam"  # adam | adamw
     weight_decay: float = 0.0
     betas: tuple[float, float] = (0.9, 0.999)
-    lr_patience: int = 5
+    lr_patience: int | None = 5
     lr_factor: float = 0.1
-    early_stop_patience: int = 5
+    early_stop_patience: int | None = 10
     grad_clip: float = 0.0
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("lr_patience", "early_stop_patience", "max_steps"):
+            value = getattr(self, name)
+            if value is not None and int(value) < 1:
+                raise UserError(f"train.{name} must be >= 1 or null (off), got {value}")
+        if self.lr_patience is not None and self.early_stop_patience is not None and self.early_stop_patience <= self.lr_patience:
+            raise UserError(
+                f"train.early_stop_patience ({self.early_stop_patience}) must exceed train.lr_patience ({self.lr_patience}): "
+                "otherwise every run stops before its learning-rate decay; raise it, or set train.lr_patience=null for no decay"
+            )
 
 
 @dataclass
@@ -44,27 +69,34 @@ class FitResult:
 
 
 class BestOnDev:
-    """Keeps the weights with the lowest dev loss and says when to stop (early-stopping patience).
+    """Keeps the weights with the lowest dev loss, decays the rate on a plateau, says when to stop.
 
-    Shared by the generic loop and heads with their own schedules (VAVL's Algorithm 1).
+    Shared by the generic loop and heads with their own schedules (VAVL's Algorithm 1), so
+    every head follows the same schedule (module docstring). Each history record gets `lr`,
+    the rate the epoch trained with.
     """
 
-    def __init__(self, model: nn.Module, patience: int) -> None:
+    def __init__(self, model: nn.Module, settings: TrainSettings, optimizer: torch.optim.Optimizer) -> None:
         self.model = model
-        self.patience = patience
+        self.settings = settings
+        self.optimizer = optimizer
         self.state = copy.deepcopy(model.state_dict())
         self.result = FitResult(best_epoch=0, best_dev_loss=math.inf)
         self.stale = 0
 
     def update(self, epoch: int, dev_loss: float, record: dict[str, float]) -> bool:
-        """Record an epoch; True when `patience` epochs passed without improvement."""
-        self.result.history.append(record)
+        """Record an epoch; True when `early_stop_patience` epochs passed without improvement."""
+        self.result.history.append({**record, "lr": self.optimizer.param_groups[0]["lr"]})
         if dev_loss < self.result.best_dev_loss - 1e-9:
             self.result.best_dev_loss, self.result.best_epoch, self.stale = dev_loss, epoch, 0
             self.state = copy.deepcopy(self.model.state_dict())
             return False
         self.stale += 1
-        return self.stale >= self.patience
+        decay = self.settings.lr_patience
+        if decay is not None and self.stale % decay == 0:
+            for group in self.optimizer.param_groups:
+                group["lr"] *= self.settings.lr_factor
+        return self.settings.early_stop_patience is not None and self.stale >= self.settings.early_stop_patience
 
     def restore(self) -> FitResult:
         """Load the best weights back into the model and return the fit's record."""
@@ -112,12 +144,14 @@ def fit(
     """Train with early stopping on dev loss; leaves `model` holding its best-on-dev weights."""
     model.to(device)
     optimizer = make_optimizer(model.parameters(), settings)
-    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=settings.lr_factor, patience=settings.lr_patience)
-    best = BestOnDev(model, settings.early_stop_patience)
-    for epoch in tqdm(range(1, settings.epochs + 1), desc="fine-tune", disable=not progress, leave=False):
+    best = BestOnDev(model, settings, optimizer)
+    steps = 0
+    for epoch in tqdm(epoch_range(settings, len(train_loader)), desc="fine-tune", disable=not progress, leave=False):
         model.train()
         total, count = 0.0, 0
         for batch in train_loader:
+            if settings.max_steps is not None and steps >= settings.max_steps:
+                break
             batch = move(batch, device)
             loss = loss_fn(model(batch), batch["targets"])
             if not torch.isfinite(loss):
@@ -127,15 +161,22 @@ def fit(
             if settings.grad_clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
             optimizer.step()
+            steps += 1
             n = len(batch["clips"])
             total += loss.item() * n
             count += n
         dev_loss = _epoch_loss(model, dev_loader, loss_fn, device)
-        scheduler.step(dev_loss)
-        record = {"epoch": epoch, "train_loss": total / max(count, 1), "dev_loss": dev_loss, "lr": optimizer.param_groups[0]["lr"]}
+        record = {"epoch": epoch, "steps": steps, "train_loss": total / max(count, 1), "dev_loss": dev_loss}
         if best.update(epoch, dev_loss, record):
             break
     return best.restore()
+
+
+def epoch_range(settings: TrainSettings, steps_per_epoch: int) -> range:
+    """Epochs 1..N: `epochs`, or as many as `max_steps` needs when the run is bounded in steps."""
+    if settings.max_steps is None:
+        return range(1, settings.epochs + 1)
+    return range(1, math.ceil(settings.max_steps / max(steps_per_epoch, 1)) + 1)
 
 
 def keep_modality(batch: Batch, modality: str) -> Batch:

@@ -16,6 +16,12 @@ trainer_state.json), encoder/ (save_pretrained) and heads/. `resume=true` contin
 checkpoint, mid-epoch included, with the RNG states restored, so an interrupted CPU run ends with
 the same weights as an uninterrupted one.
 
+Length: `train.epochs`, or `train.max_steps` optimizer steps (paper 1 pretrains its wav2vec 2.0
+baseline for "400k iterations"). With max_steps set, epochs no longer limits the run (as many
+epochs as the steps need, like fine-tuning's train.max_steps); the run stops at that step even
+mid-epoch: a checkpoint is saved there (before the dev pass, so its RNG state is that of an
+uninterrupted run), the partial epoch gets its metrics row, and the encoder is written as usual.
+
 Choices where the paper is vague (config): dev split of `data.dev_fraction` of the clips (seeded);
 head hidden width = d_model; Adam without weight decay; no learning-rate schedule in pretraining;
 `train.num_threads` caps torch's CPU threads (on a shared 2-core machine two spinning threads
@@ -78,10 +84,16 @@ DEFAULTS: dict[str, Any] = {
         "encoder": asdict(EncoderConfig()),
         "head_hidden": None,
         "head_dropout": 0.0,
-        "wav2vec2": {"mask_time_prob": 0.65, "mask_time_length": 10, "num_negatives": 100, "codevector_dim": 128, "conv_dim": None},
+        "wav2vec2": {
+            "mask_time_prob": 0.65, "mask_time_length": 10, "num_negatives": 100, "codevector_dim": 128,
+            "conv_dim": None, "conv_kernel": None, "conv_stride": None,
+            # "layer", not HF's default "group": per-frame norm, padding-invariant (ssl_aver.models.wav2vec2)
+            "feat_extract_norm": "layer",
+        },  # fmt: skip
     },
     "train": {
         "epochs": 300,
+        "max_steps": None,
         "batch_size": 32,
         "lr": 1e-4,
         "weight_decay": 0.0,
@@ -97,6 +109,12 @@ DEFAULTS: dict[str, Any] = {
 }
 
 CHECKPOINT_STATE = "trainer_state.json"
+
+#: Config keys that cannot change the trained encoder, or whose content the store fingerprint stands for.
+UNRECORDED_KEYS = (
+    "output_dir", "resume", "data.store", "data.num_workers", "data.audio_cache", "train.num_threads",
+    "train.log_every", "train.checkpoint_every", "train.keep_checkpoints", "train.eval_batch_size",
+)
 
 
 class NonFiniteLoss(UserError):
@@ -290,6 +308,8 @@ def _check_config(cfg: DictConfig) -> None:
         raise UserError(f"model.encoder.d_model ({cfg.model.encoder.d_model}) must be divisible by n_heads ({cfg.model.encoder.n_heads})")
     if int(cfg.train.batch_size) < 1 or int(cfg.train.epochs) < 0 or int(cfg.train.grad_accum) < 1:
         raise UserError("train.batch_size and train.grad_accum must be >= 1 and train.epochs >= 0")
+    if cfg.train.max_steps is not None and int(cfg.train.max_steps) < 1:
+        raise UserError(f"train.max_steps must be >= 1 or null (epochs only), got {cfg.train.max_steps}")
 
 
 def _build(cfg: DictConfig, store: WindowStore, train_idx: np.ndarray) -> tuple[nn.Module, Any]:
@@ -428,11 +448,44 @@ def _replicas_in_sync(accelerator: Any, model: nn.Module) -> bool:
     return bool(torch.all(sums == sums[0]))
 
 
+def inputs_record(cfg: DictConfig, drop: Sequence[str] = ()) -> dict[str, Any]:
+    """What a pretrained encoder depends on: the config (less UNRECORDED_KEYS and `drop`) and the store's fingerprint.
+
+    Written as OUT/inputs.json; a resume, `ssl-aver ablate` and Table 2 / Table 3 reuse compare it.
+    """
+    from ssl_aver import provenance
+
+    return {"config": provenance.config_record(cfg, (*UNRECORDED_KEYS, *drop)), "store": provenance.window_store_fingerprint(cfg.data.store)}
+
+
+def _check_resume(cfg: DictConfig, out: Path) -> None:
+    """A resume continues only checkpoints made from the same inputs; it may lengthen the run
+    (train.epochs / train.max_steps), which is what resuming a finished run is for."""
+    from ssl_aver import provenance
+
+    length = ("train.epochs", "train.max_steps")
+    saved = out / provenance.RECORD
+    old = read_json(saved) if saved.is_file() else None
+    if old is not None:
+        old = {**old, "config": provenance.config_record(old.get("config", {}), length)}
+    changed = provenance.changed_inputs(old, inputs_record(cfg, length))
+    if changed:
+        raise UserError(
+            f"pretraining run {out} was made from other inputs (changed: {provenance.describe(changed)}); "
+            "resume it with its own settings, choose a new output_dir, or delete its checkpoints/ to start over"
+        )
+
+
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
-    """Run (or resume) a pretraining job described by a resolved config; return its summary."""
+    """Run (or resume) a pretraining job described by a resolved config; return its summary.
+
+    A resume continues only checkpoints made from the same inputs (inputs.json).
+    """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
     from tqdm.auto import tqdm
+
+    from ssl_aver import provenance
 
     _check_config(cfg)
     if cfg.train.num_threads:
@@ -459,6 +512,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     else:
         model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
 
+    record = inputs_record(cfg)
+    if cfg.resume and list_checkpoints(ckpt_dir):
+        _check_resume(cfg, out)
     state = _resume_state(accelerator, ckpt_dir) if cfg.resume else None
     if state is None:
         if list_checkpoints(ckpt_dir):
@@ -471,23 +527,28 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         save_config(cfg, out)
+        provenance.write_record(out, record)
         if metrics_path.is_file() and cfg.resume:
             history = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-            history = [row for row in history if row["epoch"] <= state.epoch]
+            done = cfg.train.max_steps is not None and state.global_step >= int(cfg.train.max_steps)
+            history = [row for row in history if row["epoch"] <= state.epoch or (done and row["step"] <= state.global_step)]
     accelerator.init_trackers("pretrain", config=_flat_scalars(cfg))
 
     epochs = int(cfg.train.epochs)
+    max_steps = None if cfg.train.max_steps is None else int(cfg.train.max_steps)
     every = int(cfg.train.checkpoint_every)
     keep = int(cfg.train.keep_checkpoints)
     max_norm = cfg.train.max_grad_norm
     steps_per_epoch = len(train_loader)
+    updates_per_epoch = math.ceil(steps_per_epoch / int(cfg.train.grad_accum))
     model.train()
     progress = tqdm(
-        total=epochs * steps_per_epoch, initial=state.epoch * steps_per_epoch + state.step_in_epoch,
-        disable=not accelerator.is_main_process, desc="pretrain", unit="batch",
+        total=max_steps or epochs * updates_per_epoch, initial=state.global_step,
+        disable=not accelerator.is_main_process, desc="pretrain", unit="step",
     )  # fmt: skip
     start = time.perf_counter()
-    for epoch in range(state.epoch, epochs):
+    epoch = state.epoch
+    while (state.global_step < max_steps) if max_steps else (epoch < epochs):
         train_loader.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_loader, state.step_in_epoch) if state.step_in_epoch else train_loader
         for batch in loader:
@@ -517,13 +578,18 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
                 state.loss_sums[task] = state.loss_sums.get(task, 0.0) + float(stats[k, 0])
                 state.counts[task] = state.counts.get(task, 0.0) + float(stats[k, 1])
             state.step_in_epoch += 1
-            progress.update(1)
             if accelerator.sync_gradients:
                 state.global_step += 1
+                progress.update(1)
                 if state.global_step % int(cfg.train.log_every) == 0:
                     accelerator.log({"train/loss_step": float(total.detach())}, step=state.global_step)
+                if state.global_step == max_steps:
+                    break
                 if every and state.global_step % every == 0 and state.step_in_epoch < steps_per_epoch:
                     _save_checkpoint(accelerator, ckpt_dir, state, keep)
+        stopped_mid_epoch = state.step_in_epoch < steps_per_epoch
+        if stopped_mid_epoch:
+            _save_checkpoint(accelerator, ckpt_dir, state, keep)
         row: dict[str, Any] = {"epoch": epoch + 1, "step": state.global_step}
         train_total = 0.0
         for task in tasks:
@@ -537,8 +603,10 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         if accelerator.is_main_process:
             history.append(row)
             atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in history))
-        state = TrainerState(epoch=epoch + 1, global_step=state.global_step)
-        _save_checkpoint(accelerator, ckpt_dir, state, keep)
+        if not stopped_mid_epoch:
+            state = TrainerState(epoch=epoch + 1, global_step=state.global_step)
+            _save_checkpoint(accelerator, ckpt_dir, state, keep)
+        epoch += 1
     progress.close()
     in_sync = _replicas_in_sync(accelerator, model)
     encoder_dir = out / "encoder"
@@ -547,7 +615,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         write_json(
             out / "summary.json",
             {
-                "epochs": epochs, "steps": state.global_step, "num_processes": accelerator.num_processes,
+                "epochs": history[-1]["epoch"] if history else 0, "max_steps": max_steps, "steps": state.global_step,
+                "num_processes": accelerator.num_processes,
                 "replicas_in_sync": in_sync, "encoder": str(encoder_dir), "history": history,
             },
         )  # fmt: skip

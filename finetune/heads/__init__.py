@@ -46,7 +46,7 @@ class BuildContext:
     """What a head may need to build itself besides its own config."""
 
     n_classes: int
-    task: str  # multiclass | multilabel
+    task: str  # multiclass | multilabel (regression: synthetic tests only, until a regression corpus exists)
     encoder_dir: str | None = None
     audio_shape: tuple[int, ...] | None = None
     video_shape: tuple[int, ...] | None = None

@@ -10,6 +10,21 @@ Two acoustic branches:
   `recipes/pretrain/wav2vec2.yaml`, over raw 16 kHz audio.
 Pooling is the mean over valid frames; the head is Linear-ReLU-Dropout-Linear (paper 1:
 "two fully-connected layers", ReLU).
+
+Fine-tuning a wav2vec2 branch (`model.wav2vec2`): the pretrained config keeps pretraining's
+SpecAugment masking (mask_time_prob 0.65: about half the frames replaced by the mask
+embedding) and LayerDrop 0.1, which Wav2Vec2Model applies in training mode. Paper 1 does not
+say how its baseline was fine-tuned; Hugging Face's fine-tuning recipes for wav2vec 2.0 use
+mask_time_prob ~0.05. The default here turns masking and LayerDrop off, so the baseline
+fine-tunes on the same (deterministic) inputs it is evaluated on and compares with the
+pretext-task encoder, which is fine-tuned without input masking; set
+`model.wav2vec2.mask_time_prob=0.05` for the HF recipe.
+
+A branch whose convolutional feature encoder uses group norm (`feat_extract_norm: group`:
+Hugging Face's default, and what the pretrainer built before it switched to layer norm)
+normalises over the padded input, so a batched clip would change with its companions' lengths:
+such a branch runs clip by clip on each clip's valid samples (slower; the result of a batch of
+one). Layer-norm branches run the padded batch with its attention mask.
 """
 
 from __future__ import annotations
@@ -57,8 +72,12 @@ class SERHead(nn.Module):
 
     @staticmethod
     def defaults() -> dict[str, Any]:
-        """`model:` keys: classifier width/dropout and the sizes of a random-weight encoder."""
-        return {"hidden": 256, "dropout": 0.25, "encoder": asdict(EncoderConfig())}
+        """`model:` keys: classifier width/dropout, the sizes of a random-weight encoder and the
+        fine-tuning masking/LayerDrop of a wav2vec2 branch (off: see the module docstring)."""
+        return {
+            "hidden": 256, "dropout": 0.25, "encoder": asdict(EncoderConfig()),
+            "wav2vec2": {"mask_time_prob": 0.0, "mask_time_length": 10, "mask_feature_prob": 0.0, "mask_feature_length": 10, "layerdrop": 0.0},
+        }  # fmt: skip
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], n_classes: int, ctx: BuildContext) -> "SERHead":
@@ -72,7 +91,9 @@ class SERHead(nn.Module):
         if encoder_kind(ctx.encoder_dir) == "wav2vec2":
             from ssl_aver.models.wav2vec2 import load_wav2vec2_encoder
 
-            return cls(load_wav2vec2_encoder(ctx.encoder_dir), "wav2vec2", n_classes, hidden, dropout)
+            # runs saved before `model.wav2vec2` existed carry no such key: they get the defaults
+            options = {**cls.defaults()["wav2vec2"], **dict(cfg.get("wav2vec2") or {})}
+            return cls(load_wav2vec2_encoder(ctx.encoder_dir, **options), "wav2vec2", n_classes, hidden, dropout)
         return cls(SSLEncoder.from_pretrained(ctx.encoder_dir), "encoder", n_classes, hidden, dropout)
 
     def embed(self, batch: Mapping[str, Any]) -> torch.Tensor:
@@ -81,7 +102,15 @@ class SERHead(nn.Module):
         if self.kind == "encoder":
             hidden = self.branch(batch["audio"], ~valid)
             return self.branch.pool(hidden, ~valid)
-        out = self.branch(batch["audio"], attention_mask=valid.long()).last_hidden_state
+        if self.branch.config.feat_extract_norm == "group":
+            return torch.cat([self._embed_wave(wave[keep].unsqueeze(0)) for wave, keep in zip(batch["audio"], valid)])
+        return self._embed_wave(batch["audio"], valid)
+
+    def _embed_wave(self, audio: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean over the valid frames of the wav2vec2 branch (all frames when `valid` is None)."""
+        if valid is None:
+            return self.branch(audio).last_hidden_state.mean(1)
+        out = self.branch(audio, attention_mask=valid.long()).last_hidden_state
         frame_valid = self.branch._get_feature_vector_attention_mask(out.shape[1], valid.long())
         return _masked_mean(out, frame_valid.bool())
 

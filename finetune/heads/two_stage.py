@@ -21,6 +21,18 @@ A label source is a rating condition whose multi-hot targets the batches carry: 
 primary targets or a `data.extra_targets` group (recipes: condition av, extra [voice, face, av]).
 Evaluation is always on the primary targets.
 
+Model 12's sets (`set_layers`): the paper divides each modality's layers "into two equal sets: one
+set is trained using voice-only labels, while the other is adjusted using labels from audio-visual
+stimuli" (Sec. IV), so `split` (default) gives models 10, 11 and 12 the same per-modality size:
+one front end per modality (LW-Sum + projection, or the visual Conv1d) feeding every set, and the
+modality's `audio_layers` / `video_layers` transformer layers divided over its sets. The paper's
+count (three acoustic and three visual layers, Sec. V.D) does not halve; an uneven count is split
+as evenly as possible with the extra layer in the first listed set (3 -> 2 + 1: voice/face 2, av 1
+for `[voice, av]`; list `[av, voice]` to give it to the av set). The split sets share the front end,
+which stage 1 trains with the sum of both sets' losses. `full` is the earlier reading: every set has
+its own front end and all the modality's layers (model 12 then has twice model 10's per-modality
+parameters). A run saved before `set_layers` existed loads as `full`, the way it was built.
+
 Choices where the paper is vague (all config): the transformers are `d_model`=1024 wide (the
 paper aligns both inputs to 1,024-d for them) with a 512-d feed-forward layer (its "encoder
 hidden layer of 512 dimensions"), 8 heads, post-norm, no positional encoding; an input of
@@ -50,6 +62,7 @@ from ssl_aver.models.pooling import ASPool, LWSum
 
 MODES = ("two_stage", "one_step")
 SET_FUSIONS = ("concat", "mean")
+SET_LAYERS = ("split", "full")
 
 BASE_DEFAULTS: dict[str, Any] = {
     "labels": "av", "d_model": 1024, "ff_dim": 512, "n_heads": 8, "audio_layers": 3, "video_layers": 3, "dropout": 0.1,
@@ -73,35 +86,64 @@ class Transformer(nn.Module):
 
 
 class AcousticSet(nn.Module):
-    """LW-Sum (stacked SSL layers) + projection to d_model (if needed) + transformer layers."""
+    """Front end (LW-Sum over stacked SSL layers, projection to d_model if needed) + transformer layers.
 
-    def __init__(self, acoustic: AcousticInput, cfg: Mapping[str, Any]) -> None:
+    A set built with `front=False` has only the layers: it reads another set's front end (`embed`).
+    """
+
+    def __init__(self, acoustic: AcousticInput, cfg: Mapping[str, Any], n_layers: int, front: bool = True) -> None:
         super().__init__()
         d = int(cfg["d_model"])
-        if acoustic.kind == "stacked":
+        if front and acoustic.kind == "stacked":
             self.layer_sum = LWSum(acoustic.n_layers)
-        if acoustic.dim != d:
+        if front and acoustic.dim != d:
             self.proj = nn.Linear(acoustic.dim, d)
-        self.encoder = Transformer(d, int(cfg["audio_layers"]), int(cfg["n_heads"]), int(cfg["ff_dim"]), float(cfg["dropout"]))
+        self.encoder = Transformer(d, n_layers, int(cfg["n_heads"]), int(cfg["ff_dim"]), float(cfg["dropout"]))
+
+    def embed(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The front end's output [N, T, d_model]."""
+        x = self.layer_sum(feats) if hasattr(self, "layer_sum") else feats
+        return self.proj(x) if hasattr(self, "proj") else x
 
     def forward(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        x = self.layer_sum(feats) if hasattr(self, "layer_sum") else feats
-        if hasattr(self, "proj"):
-            x = self.proj(x)
-        return self.encoder(x, valid)
+        return self.encoder(self.embed(feats, valid), valid)
 
 
 class VisualSet(nn.Module):
-    """ReLU(Conv1d) projection of the face embeddings to d_model (paper 3, Eq. 7) + transformer layers."""
+    """ReLU(Conv1d) projection of the face embeddings to d_model (paper 3, Eq. 7) + transformer layers.
 
-    def __init__(self, video_dim: int, cfg: Mapping[str, Any]) -> None:
+    A set built with `front=False` has only the layers: it reads another set's projection (`embed`).
+    """
+
+    def __init__(self, video_dim: int, cfg: Mapping[str, Any], n_layers: int, front: bool = True) -> None:
         super().__init__()
         d = int(cfg["d_model"])
-        self.proj = MaskedConv1d(video_dim, d, int(cfg["conv_kernel"]), relu=True)
-        self.encoder = Transformer(d, int(cfg["video_layers"]), int(cfg["n_heads"]), int(cfg["ff_dim"]), float(cfg["dropout"]))
+        if front:
+            self.proj = MaskedConv1d(video_dim, d, int(cfg["conv_kernel"]), relu=True)
+        self.encoder = Transformer(d, n_layers, int(cfg["n_heads"]), int(cfg["ff_dim"]), float(cfg["dropout"]))
+
+    def embed(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """The front end's output [N, T, d_model]."""
+        return self.proj(x, valid)
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-        return self.encoder(self.proj(x, valid), valid)
+        return self.encoder(self.embed(x, valid), valid)
+
+
+def set_layer_counts(n_layers: int, n_sets: int, how: str, modality: str) -> list[int]:
+    """Transformer layers of each of a modality's sets (`set_layers`, module docstring)."""
+    if how == "full":
+        return [n_layers] * n_sets
+    if n_layers < n_sets:
+        raise UserError(f"model.{modality}_layers={n_layers} cannot be split over {n_sets} {modality} sets (model.set_layers=split); "
+                        f"give at least {n_sets} layers or model.set_layers=full")
+    share, extra = divmod(n_layers, n_sets)
+    return [share + (i < extra) for i in range(n_sets)]
+
+
+def n_parameters(module: nn.Module) -> int:
+    """Number of parameters (trainable or frozen) of a module."""
+    return sum(p.numel() for p in module.parameters())
 
 
 class PoolHead(nn.Module):
@@ -184,11 +226,11 @@ class _Unimodal(_Base):
         d = int(cfg["d_model"])
         if self.modality == "audio":
             self.acoustic = AcousticInput(ctx)
-            self.set = AcousticSet(self.acoustic, cfg)
+            self.set = AcousticSet(self.acoustic, cfg, int(cfg["audio_layers"]))
         else:
             if not ctx.video_shape or len(ctx.video_shape) != 1:
                 raise UserError(f"this head needs a visual store with [T, D] frames, got {ctx.video_shape}")
-            self.set = VisualSet(int(ctx.video_shape[0]), cfg)
+            self.set = VisualSet(int(ctx.video_shape[0]), cfg, int(cfg["video_layers"]))
         self.head = PoolHead(d, n_classes, cfg)
 
     @staticmethod
@@ -201,6 +243,10 @@ class _Unimodal(_Base):
         if self.modality != "audio":
             raise AttributeError("branch")
         return encoder_branch(self.acoustic)
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters of the whole head and of its one set (front end + transformer layers)."""
+        return {"total": n_parameters(self), f"{self.modality}_sets": n_parameters(self.set)}
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
         x, valid = batch[self.modality], batch[f"{self.modality}_mask"]
@@ -257,6 +303,10 @@ class TwoStageHead(_Base):
             raise UserError(f"model.mode must be one of {MODES}, got {cfg['mode']!r}")
         if cfg["set_fusion"] not in SET_FUSIONS:
             raise UserError(f"model.set_fusion must be one of {SET_FUSIONS}, got {cfg['set_fusion']!r}")
+        # a run saved before `set_layers` existed has no such key in its config.yaml: it was built with full sets
+        self.set_layers = str(cfg.get("set_layers", "full"))
+        if self.set_layers not in SET_LAYERS:
+            raise UserError(f"model.set_layers must be one of {SET_LAYERS}, got {self.set_layers!r}")
         if not ctx.video_shape or len(ctx.video_shape) != 1:
             raise UserError(f"this head needs a visual store with [T, D] frames, got {ctx.video_shape}")
         self.mode = str(cfg["mode"])
@@ -270,8 +320,11 @@ class TwoStageHead(_Base):
         self.stage_epochs = (cfg["stage1_epochs"], cfg["stage2_epochs"])
         d = int(cfg["d_model"])
         self.acoustic = AcousticInput(ctx)
-        self.audio_sets = nn.ModuleList(AcousticSet(self.acoustic, cfg) for _ in self.audio_sources)
-        self.video_sets = nn.ModuleList(VisualSet(int(ctx.video_shape[0]), cfg) for _ in self.video_sources)
+        audio_layers = set_layer_counts(int(cfg["audio_layers"]), len(self.audio_sources), self.set_layers, "audio")
+        video_layers = set_layer_counts(int(cfg["video_layers"]), len(self.video_sources), self.set_layers, "video")
+        split = self.set_layers == "split"  # then the first set holds the modality's front end and feeds every set
+        self.audio_sets = nn.ModuleList(AcousticSet(self.acoustic, cfg, n, front=not split or i == 0) for i, n in enumerate(audio_layers))
+        self.video_sets = nn.ModuleList(VisualSet(int(ctx.video_shape[0]), cfg, n, front=not split or i == 0) for i, n in enumerate(video_layers))
         if self.mode == "two_stage":
             self.audio_set_heads = nn.ModuleList(PoolHead(d, n_classes, cfg) for _ in self.audio_sources)
             self.video_set_heads = nn.ModuleList(PoolHead(d, n_classes, cfg) for _ in self.video_sources)
@@ -290,8 +343,8 @@ class TwoStageHead(_Base):
     def defaults() -> dict[str, Any]:
         """`model:` keys (paper 3, Sec. V.D); the defaults are model 12, "Proposed"."""
         return {
-            **BASE_DEFAULTS, "mode": "two_stage", "audio_sets": ["voice", "av"], "video_sets": ["face", "av"], "shared_layers": 2,
-            "residual": True, "set_fusion": "concat", "stage1_epochs": None, "stage2_epochs": None,
+            **BASE_DEFAULTS, "mode": "two_stage", "audio_sets": ["voice", "av"], "video_sets": ["face", "av"], "set_layers": "split",
+            "shared_layers": 2, "residual": True, "set_fusion": "concat", "stage1_epochs": None, "stage2_epochs": None,
         }
 
     @property
@@ -299,13 +352,21 @@ class TwoStageHead(_Base):
         """The pretrained acoustic encoder (what `freeze_encoder` freezes); absent without one."""
         return encoder_branch(self.acoustic)
 
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters of the whole head and of each modality's sets (front end + transformer layers):
+        the part that must match for models 10, 11 and 12 to be compared at equal capacity."""
+        return {"total": n_parameters(self), "audio_sets": n_parameters(self.audio_sets), "video_sets": n_parameters(self.video_sets)}
+
     def _sets(self, batch: Mapping[str, Any], modality: str, rows: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Each set's output [N, T, d] for the rows that have the modality, and their mask."""
         x, valid = select_rows(batch, modality, rows)
+        sets = self.audio_sets if modality == "audio" else self.video_sets
         if modality == "audio":
             x = self.acoustic(x, valid)
-            return [s(x, valid) for s in self.audio_sets], valid
-        return [s(x, valid) for s in self.video_sets], valid
+        if self.set_layers == "split":
+            h = sets[0].embed(x, valid)
+            return [s.encoder(h, valid) for s in sets], valid
+        return [s(x, valid) for s in sets], valid
 
     def stage1_logits(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Logits of every stage-1 set, [B, n_audio_sets + n_video_sets, C] (rows lacking a modality: 0)."""

@@ -21,8 +21,9 @@ audio-visual layer's 1,024-d input (two pooled shared outputs) implies 512-d con
 projection maps straight to `d_model`=512 (`proj_kernel`=3 frames); `alpha`=1.0 (not given);
 the reconstruction target is the pooled front-end features (detached); the frozen modules in
 step 3 run in eval mode; the checkpoint is chosen on the mean dev loss of the three test
-conditions (`select_on`); regression uses 1 - mean CCC over the attributes (`objective: ccc`;
-CREMA-D has no attribute targets, so that path is exercised on synthetic targets only).
+conditions (`select_on`); regression uses 1 - mean CCC over the attributes (`objective: ccc`, refused on class targets:
+a regression trained on one-hot columns and scored by macro-F1 means nothing; CREMA-D has no
+attribute targets, so until a regression task exists that path runs on synthetic targets only).
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from finetune.heads import BuildContext
-from finetune.trainer import BestOnDev, FitResult, TrainSettings, make_optimizer, move
+from finetune.trainer import BestOnDev, FitResult, TrainSettings, epoch_range, make_optimizer, move
 from ssl_aver.errors import UserError
 from ssl_aver.models.conformer import Conformer
 from ssl_aver.models.encoder import SSLEncoder
@@ -162,6 +163,11 @@ class VAVLHead(nn.Module):
         for key, choices in (("objective", OBJECTIVES), ("fusion", FUSIONS), ("select_on", SELECT_ON)):
             if cfg[key] not in choices:
                 raise UserError(f"model.{key} must be one of {choices}, got {cfg[key]!r}")
+        if cfg["objective"] == "ccc" and ctx.task in ("multiclass", "multilabel"):
+            raise UserError(
+                f"model.objective=ccc is a regression objective but data.target is {ctx.task} (class targets): "
+                "its macro-F1 would score a regression on one-hot columns; use model.objective=auto"
+            )
         d = int(cfg["d_model"])
         hidden = tuple(int(h) for h in cfg["head_hidden"])
         if len(hidden) != 2:
@@ -371,12 +377,15 @@ class VAVLHead(nn.Module):
         """
         self.to(device)
         optimizer = make_optimizer(self.parameters(), settings)
-        scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=settings.lr_factor, patience=settings.lr_patience)
-        best = BestOnDev(self, settings.early_stop_patience)
-        for epoch in tqdm(range(1, settings.epochs + 1), desc="VAVL", disable=not progress, leave=False):
+        best = BestOnDev(self, settings, optimizer)
+        steps = 0
+        for epoch in tqdm(epoch_range(settings, len(train_loader)), desc="VAVL", disable=not progress, leave=False):
             self._train_mode()
             totals: dict[str, list[float]] = {"audio": [], "video": [], "av": []}
             for batch in train_loader:
+                if settings.max_steps is not None and steps >= settings.max_steps:
+                    break
+                steps += 1
                 batch = move(batch, device)
                 for phase in ("audio", "video", "av"):
                     value = self.train_phase(batch, phase, optimizer, settings.grad_clip)
@@ -384,8 +393,7 @@ class VAVLHead(nn.Module):
                         totals[phase].append(value)
             dev = self.dev_losses(dev_loader, device)
             criterion = self._criterion(dev)
-            scheduler.step(criterion)
-            record: dict[str, float] = {"epoch": epoch, "dev_loss": criterion, "lr": optimizer.param_groups[0]["lr"]}
+            record: dict[str, float] = {"epoch": epoch, "steps": steps, "dev_loss": criterion}
             record.update({f"train_{k}_loss": sum(v) / len(v) for k, v in totals.items() if v})
             record.update({f"dev_{k}_loss": v for k, v in dev.items()})
             record["train_loss"] = sum(record.get(f"train_{k}_loss", 0.0) for k in totals)

@@ -8,10 +8,24 @@ decoded once into a memory-mapped float32 cache. The saved folder loads as an ac
 with `load_wav2vec2_encoder` (a Wav2Vec2Model; the quantiser and projections are dropped).
 
 Choices (config `model.wav2vec2.*`): the convolutional feature encoder keeps wav2vec 2.0's
-shape (7 layers, 512 channels, 320x downsampling) unless `conv_dim` is given; masking
-probability 0.65 / span 10 and 100 negatives as in the original; the loss is normalised per
-masked frame; each window is z-normalised like Wav2Vec2FeatureExtractor(do_normalize=True);
-the Gumbel temperature stays at its config value (no annealing).
+shape (7 layers, 512 channels, 320x downsampling) unless `conv_dim` / `conv_kernel` /
+`conv_stride` are given; masking probability 0.65 / span 10 and 100 negatives as in the
+original; the loss is normalised per masked frame; each window is z-normalised like
+Wav2Vec2FeatureExtractor(do_normalize=True); the Gumbel temperature stays at its config value
+(no annealing).
+
+`feat_extract_norm` defaults to "layer", not Hugging Face's "group": the group norm of the
+first convolution normalises each channel over the whole padded input, so a clip's features
+change with the length of its batch companions (measured: a 2 s clip alone vs padded to 5 s
+differs by ~1 in its hidden states). The per-frame layer norm, with the attention mask (the
+transformer zeroes padded frames before its positional convolution and masks them as keys),
+gives the same frames to float rounding. The transformer stays post-LN
+(`do_stable_layer_norm=False`, unlike wav2vec2-large): paper 1 matches it to its own post-LN
+encoder.
+
+The saved config keeps pretraining's masking (0.65) and LayerDrop (0.1), which Wav2Vec2Model
+applies whenever it is in training mode; fine-tuning replaces them through
+`load_wav2vec2_encoder(dir, **overrides)` (keys in FINETUNE_OPTIONS; the SER head turns both off).
 """
 
 from __future__ import annotations
@@ -45,13 +59,20 @@ def wav2vec2_config(
     num_negatives: int = 100,
     codevector_dim: int = 128,
     conv_dim: Sequence[int] | None = None,
+    conv_kernel: Sequence[int] | None = None,
+    conv_stride: Sequence[int] | None = None,
+    feat_extract_norm: str = "layer",
 ) -> Any:
     """A Wav2Vec2Config whose transformer matches `encoder`'s sizes."""
     from transformers import Wav2Vec2Config
 
-    extra: dict[str, Any] = {}
-    if conv_dim:
-        extra["conv_dim"] = list(conv_dim)
+    if feat_extract_norm not in ("layer", "group"):
+        raise UserError(f"model.wav2vec2.feat_extract_norm must be layer or group, got '{feat_extract_norm}'")
+    conv = {name: list(value) for name, value in (("conv_dim", conv_dim), ("conv_kernel", conv_kernel), ("conv_stride", conv_stride)) if value}
+    lengths = {len(value) for value in conv.values()} | ({7} if len(conv) < 3 else set())
+    if len(lengths) > 1:
+        given = ", ".join(f"{name} has {len(value)}" for name, value in conv.items())
+        raise UserError(f"model.wav2vec2 conv_dim, conv_kernel and conv_stride need one entry per conv layer (7 unless all three are given): {given}")
     return Wav2Vec2Config(
         hidden_size=encoder.d_model,
         num_hidden_layers=encoder.n_plain_layers + encoder.n_scaled_layers,
@@ -62,12 +83,13 @@ def wav2vec2_config(
         attention_dropout=encoder.attention_dropout,
         final_dropout=encoder.output_dropout,
         num_conv_pos_embedding_groups=_pos_conv_groups(encoder.d_model),
+        feat_extract_norm=feat_extract_norm,
         mask_time_prob=mask_time_prob,
         mask_time_length=mask_time_length,
         num_negatives=num_negatives,
         codevector_dim=codevector_dim,
         proj_codevector_dim=codevector_dim,
-        **extra,
+        **conv,
     )
 
 
@@ -109,15 +131,34 @@ def save_pretraining_model(model: Any, directory: Path) -> Path:
     return Path(directory)
 
 
-def load_wav2vec2_encoder(directory: str | Path) -> Any:
-    """The pretrained wav2vec2 transformer (Wav2Vec2Model) as an acoustic branch."""
-    from transformers import Wav2Vec2Model
+#: Config keys fine-tuning may set on a loaded branch (SpecAugment masking and LayerDrop).
+FINETUNE_OPTIONS = ("mask_time_prob", "mask_time_length", "mask_feature_prob", "mask_feature_length", "layerdrop")
+
+
+def load_wav2vec2_encoder(directory: str | Path, **overrides: Any) -> Any:
+    """The pretrained wav2vec2 transformer (Wav2Vec2Model) as an acoustic branch.
+
+    `overrides` (keys of FINETUNE_OPTIONS) replace the saved config's values before the model is
+    built; `apply_spec_augment` follows from the two mask probabilities, and the mask embedding
+    exists (loaded from the checkpoint) only while time or feature masking is on.
+    """
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
 
     root = Path(directory)
     if not (root / "config.json").is_file() or not (root / "model.safetensors").is_file():
         raise UserError(f"no wav2vec2 model in {root}; pretrain one with recipes/pretrain/wav2vec2.yaml")
+    unknown = sorted(set(overrides) - set(FINETUNE_OPTIONS))
+    if unknown:
+        raise UserError(f"unknown wav2vec2 option(s) {unknown}; choose from: {', '.join(FINETUNE_OPTIONS)}")
+    for key in ("mask_time_prob", "mask_feature_prob", "layerdrop"):
+        if key in overrides and not 0.0 <= float(overrides[key]) < 1.0:
+            raise UserError(f"wav2vec2 {key} must be in [0, 1), got {overrides[key]}")
     try:
-        return Wav2Vec2Model.from_pretrained(str(root), local_files_only=True)
+        config = Wav2Vec2Config.from_pretrained(str(root), local_files_only=True)
+        for key, value in overrides.items():
+            setattr(config, key, value)
+        config.apply_spec_augment = config.mask_time_prob > 0 or config.mask_feature_prob > 0
+        return Wav2Vec2Model.from_pretrained(str(root), config=config, local_files_only=True)
     except (OSError, ValueError) as err:
         raise UserError(f"cannot load wav2vec2 model from {root}: {str(err).splitlines()[0]}") from None
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy import stats
 
 from finetune.data import crema_d_task
 from finetune.heads.mer import JointDecoder, UncertaintyLoss, mer_score
@@ -48,7 +50,7 @@ def _cfg(tiny_crema, stores, out, *extra):
 
 def test_tiny_mer_head_trains_and_reports_mer_score(tiny_crema, mer_stores, tmp_path):
     out = tmp_path / "run"
-    summary = finetune(_cfg(tiny_crema, mer_stores, out, "train.epochs=40", "train.early_stop_patience=40", "train.lr_patience=40", "train.lr=1e-2"))
+    summary = finetune(_cfg(tiny_crema, mer_stores, out, "train.epochs=40", "train.early_stop_patience=40", "train.lr_patience=null", "train.lr=1e-2"))
     history = json.loads((out / "split_00" / "metrics.json").read_text())["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     split = json.loads((out / "split_00" / "metrics.json").read_text())
@@ -171,6 +173,20 @@ def test_mer_table_runs_structures_decoders_and_fuses(tiny_crema, mer_stores, tm
         for split in result["fusion"][decoder]["splits"]:
             assert sum(split["weights"]) == pytest.approx(1.0)
     assert "Com (MER score, up)" in (out / "table1.md").read_text()
-    stamp = (out / "parallel_jdev" / "metrics.json").stat().st_mtime_ns
+    # paired two-tailed t-test of the fused JDEV system vs each column on the MER score, by hand
+    fused = {s["split"]: s["mer_score"] for s in result["fusion"]["jdev"]["splits"]}
+    single = json.loads((out / "parallel_jdev" / "metrics.json").read_text())
+    single = dict(zip([s["split"] for s in single["splits"]], single["overall"]["mer_score"]["values"]))
+    assert sorted(fused) == sorted(single) == [0, 1]
+    d = np.array([fused[k] - single[k] for k in (0, 1)])
+    test = result["significance"]["tests"]["parallel_jdev"]
+    assert result["significance"]["reference"] == "fused_jdev" and set(result["significance"]["tests"]) == {
+        f"{s}_{dec}" for s in ("parallel", "pairwise", "hierarchical", "fused") for dec in ("baseline", "jdev")} - {"fused_jdev"}
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(2))
+    assert test["t"] == pytest.approx(t) and test["p"] == pytest.approx(2 * stats.t.sf(abs(t), 1))
+    text = (out / "table1.md").read_text()
+    assert "| p vs fused_jdev (mer_score) |" in text and f"| {test['p']:.3g}{'†' if test['p'] < 0.05 else ''} |" in text
+    assert json.loads((out / "table1.json").read_text())["significance"]["tests"]["parallel_jdev"]["p"] == test["p"]
+    stamp = (out / "parallel_jdev" / "split_00" / "model.safetensors").stat().st_mtime_ns
     mer_table("recipes/finetune/mer_demo.yaml", overrides, structures=["parallel", "pairwise"], decoders=["jdev"], step=0.5)
-    assert (out / "parallel_jdev" / "metrics.json").stat().st_mtime_ns == stamp  # finished runs are reused
+    assert (out / "parallel_jdev" / "split_00" / "model.safetensors").stat().st_mtime_ns == stamp  # finished runs are reused

@@ -4,9 +4,11 @@ import json
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from finetune.run import build_config, finetune
 from ssl_aver.cli import main
+from ssl_aver.errors import UserError
 from ssl_aver.models.encoder import SSLEncoder
 
 TINY = [
@@ -69,6 +71,12 @@ def test_interrupted_run_keeps_finished_splits(tiny_crema, tmp_path):
     second = finetune(build_config("recipes/finetune/ser_crema_d.yaml", overrides))
     assert (out / "split_00" / "model.safetensors").stat().st_mtime_ns == kept
     assert second["overall"]["macro_f1"]["values"] == first["overall"]["macro_f1"]["values"]
-    # a changed config starts the splits afresh
-    finetune(build_config("recipes/finetune/ser_crema_d.yaml", [*overrides, "train.lr=1e-3"]))
+    # a changed config never reuses (or silently replaces) the finished splits: it names the change ...
+    changed = build_config("recipes/finetune/ser_crema_d.yaml", [*overrides, "train.lr=1e-3"])
+    with pytest.raises(UserError, match=r"changed: config\.train\.lr\)"):
+        finetune(changed)
+    assert (out / "split_00" / "model.safetensors").stat().st_mtime_ns == kept
+    # ... and --force recomputes every split, with the new inputs recorded
+    finetune(changed, force=True)
     assert (out / "split_00" / "model.safetensors").stat().st_mtime_ns != kept
+    assert json.loads((out / "inputs.json").read_text())["config"]["train"]["lr"] == 1e-3

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
+from scipy import stats
 
 import finetune.heads.two_stage as two_stage
 from finetune.data import crema_d_task
 from finetune.run import build_config, finetune
+from finetune import two_stage_tables
 from ssl_aver.cli import main
 from ssl_aver.errors import UserError
 from ssl_aver.features.store import ClipFeatures, write_clip_features
 
-COMMON = ["model.d_model=16", "model.ff_dim=16", "model.n_heads=2", "model.audio_layers=1", "model.video_layers=1", "model.pool_hidden=8",
+COMMON = ["model.d_model=16", "model.ff_dim=16", "model.n_heads=2", "model.audio_layers=2", "model.video_layers=2", "model.pool_hidden=8",
           "model.head_hidden=16", "train.batch_size=16", "train.lr=3e-3", "eval.bootstrap=20", "progress=false"]
 
 
@@ -90,6 +93,35 @@ def test_sets_train_on_their_own_label_source():
         two_stage.TwoStageHead(cfg, 6, two_stage.BuildContext(n_classes=6, task="multilabel", audio_shape=(3, 8), video_shape=(6,)))
 
 
+LAYOUT = {"primary": slice(0, 6), "voice": slice(6, 12), "face": slice(12, 18), "av": slice(18, 24)}
+
+
+def _head(**model: object) -> two_stage.TwoStageHead:
+    ctx = two_stage.BuildContext(n_classes=6, task="multilabel", audio_shape=(3, 8), video_shape=(6,), extra={"target_layout": LAYOUT})
+    return two_stage.TwoStageHead({**two_stage.TwoStageHead.defaults(), "d_model": 16, "ff_dim": 16, "n_heads": 2, **model}, 6, ctx)
+
+
+def test_model_12_splits_each_modality_to_the_size_of_model_10():
+    """Paper 3: model 12 divides each modality's layers "into two equal sets"; models 10-12 compare at equal size."""
+    model_10 = _head(audio_sets=["av"], video_sets=["av"])
+    model_11 = _head(audio_sets=["voice"], video_sets=["face"])
+    model_12 = _head()  # defaults: [voice, av] / [face, av], 3 acoustic and 3 visual layers
+    sizes = {name: {m: sum(p.numel() for p in getattr(h, f"{m}_sets").parameters()) for m in ("audio", "video")}
+             for name, h in (("10", model_10), ("11", model_11), ("12", model_12))}
+    assert sizes["12"] == sizes["10"] == sizes["11"]
+    assert [len(s.encoder.layers) for s in model_12.audio_sets] == [2, 1] and [len(s.encoder.layers) for s in model_12.video_sets] == [2, 1]
+    counts = model_12.parameter_counts()
+    assert (counts["audio_sets"], counts["video_sets"]) == (sizes["10"]["audio"], sizes["10"]["video"])
+    assert counts["total"] == sum(p.numel() for p in model_12.parameters())
+    full = _head(set_layers="full")  # the earlier reading: every set has its own front end and all the layers
+    assert full.parameter_counts()["audio_sets"] == 2 * sizes["10"]["audio"] and full.parameter_counts()["video_sets"] == 2 * sizes["10"]["video"]
+    batch = {"clips": ["a", "b"], "audio": torch.randn(2, 5, 3, 8), "audio_mask": torch.ones(2, 5, dtype=torch.bool), "has_audio": torch.ones(2),
+             "video": torch.randn(2, 4, 6), "video_mask": torch.ones(2, 4, dtype=torch.bool), "has_video": torch.ones(2)}
+    assert model_12(batch).shape == (2, 6) and model_12.stage1_logits(batch).shape == (2, 4, 6)
+    with pytest.raises(UserError, match="audio_layers=1 cannot be split over 2 audio sets"):
+        _head(audio_layers=1)
+
+
 def test_two_stage_tables_runs_models_and_writes_tables(tiny_crema, stores, tmp_path):
     audio, video = stores
     out = tmp_path / "tables"
@@ -109,6 +141,35 @@ def test_two_stage_tables_runs_models_and_writes_tables(tiny_crema, stores, tmp_
     assert all(f"## Table {n}" in text for n in (1, 3, 4, 5))
     heads = {json.loads((out / "models" / f"model_{i:02d}" / "metrics.json").read_text())["head"] for i in (1, 4, 7)}
     assert heads == {"two_stage_audio", "two_stage_video", "two_stage"}
+    size = {m["index"]: m["parameters"] for m in report["models"]}
+    assert (size[12]["audio_sets"], size[12]["video_sets"]) == (size[10]["audio_sets"], size[10]["video_sets"])
+    assert "video_sets" not in size[1] and size[1]["audio_sets"] == size[10]["audio_sets"] and size[12]["total"] > size[10]["total"]
+    assert any(line.startswith("| 12 | ✓ | ✓ | Proposed |") and line.endswith("| n/a |") for line in text.splitlines())
+    test = report["significance"]
+    assert (test["reference"], test["alternative"], test["alpha"]) == ("12", "two-sided", 0.05) and set(test["tests"]) == {str(i) for i in range(1, 12)}
+    assert all(t["p"] is None and t["reason"] == "needs >= 2 paired splits" for t in test["tests"].values())  # one split: no test
+    assert "p vs 12" in text and "Params (audio sets, video sets)" in text
+
+
+def test_two_stage_tables_marks_paired_ttests_over_shared_splits(tiny_crema, stores, tmp_path):
+    audio, video = stores
+    out = tmp_path / "tables"
+    overrides = [f"features.audio.store={audio}", f"features.video.store={video}", "train.epochs=2", *[o for o in COMMON if o != "progress=false"]]
+    models = "[{index: 10, recipe: recipes/two_stage/model_10.yaml, elicited: AV}, {index: 12, recipe: recipes/two_stage/model_12.yaml, elicited: Proposed}]"
+    assert main(["two-stage-tables", "--config", "recipes/two_stage/tables.yaml", f"data.root={tiny_crema}", f"output_dir={out}", f"models={models}",
+                 "splits.k=3", "eval.bootstrap=20", "progress=false", "test.alternative=greater", f"overrides=[{','.join(overrides)}]"]) == 0
+    report = json.loads((out / "tables.json").read_text())
+    scores = {i: json.loads((out / "models" / f"model_{i:02d}" / "metrics.json").read_text()) for i in (10, 12)}
+    assert [s["split"] for s in scores[10]["splits"]] == [s["split"] for s in scores[12]["splits"]] == [0, 1, 2]
+    d = np.subtract(scores[12]["overall"]["macro_f1"]["values"], scores[10]["overall"]["macro_f1"]["values"])
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
+    test = report["significance"]["tests"]["10"]
+    assert test["t"] == pytest.approx(t) and test["p"] == pytest.approx(stats.t.sf(t, 2))  # one-tailed: model 12 better
+    text = (out / "tables.md").read_text()
+    assert f"| {test['p']:.3g}{'†' if test['p'] < 0.05 else ''} |" in text and "one-tailed, reference greater" in text
+    assert ("| 12* |" in text) == (test["p"] < 0.05)
+    with pytest.raises(UserError, match="test.reference=9"):
+        two_stage_tables.build_config("recipes/two_stage/tables.yaml", [f"data.root={tiny_crema}", "test.reference=9", f"models={models}"])
 
 
 def test_two_stage_demo_stage_reports_three_conditions(tiny_crema, stores, tmp_path):

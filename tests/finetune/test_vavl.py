@@ -14,6 +14,7 @@ from finetune.heads.vavl import VAVLHead, ccc_loss
 from finetune.run import build_config, finetune
 from finetune.trainer import TrainSettings, make_optimizer
 from ssl_aver.cli import main
+from ssl_aver.errors import UserError
 from ssl_aver.features.store import ClipFeatures, write_clip_features
 from ssl_aver.models.conformer import Conformer
 from ssl_aver.models.encoder import SSLEncoder
@@ -42,7 +43,8 @@ def make_stores(root, out, audio_dim=8, drop_video_every=4, seed=0):
 def _tiny_head(**over) -> VAVLHead:
     cfg = {**VAVLHead.defaults(), "d_model": 16, "n_heads": 2, "audio_layers": 1, "video_layers": 1, "shared_layers": 1,
            "conv_kernel": 3, "ff_expansion": 2, "head_hidden": [16, 16], **over}
-    return VAVLHead(cfg, 6 if cfg["objective"] == "auto" else 3, BuildContext(n_classes=6, task="multiclass", audio_shape=(5,), video_shape=(7,)))
+    task = "multiclass" if cfg["objective"] == "auto" else "regression"
+    return VAVLHead(cfg, 6 if cfg["objective"] == "auto" else 3, BuildContext(n_classes=6, task=task, audio_shape=(5,), video_shape=(7,)))
 
 
 def _batch(n=6, audio_rows=None, video_rows=None, targets=None, seed=0):
@@ -142,6 +144,22 @@ def test_ccc_regression_path_learns_synthetic_attributes():
         last = [head.train_phase(batch, p, opt) for p in ("audio", "video", "av")]
     assert all(b < a for a, b in zip(first, last))
     assert head.eval()(batch).shape == (12, 3)
+
+
+@pytest.mark.parametrize("task", ["multiclass", "multilabel"])
+def test_ccc_objective_on_class_targets_is_refused(task):
+    cfg = {**VAVLHead.defaults(), "d_model": 16, "n_heads": 2, "objective": "ccc"}
+    with pytest.raises(UserError, match="objective=ccc"):
+        VAVLHead(cfg, 6, BuildContext(n_classes=6, task=task, audio_shape=(5,), video_shape=(7,)))
+
+
+def test_ccc_objective_on_crema_d_fails_in_one_line(tiny_crema, tmp_path, capsys):
+    audio, video = make_stores(tiny_crema, tmp_path)
+    code = main(["finetune", "--config", "recipes/finetune/vavl_demo.yaml", f"data.root={tiny_crema}", f"output_dir={tmp_path / 'run'}",
+                 f"features.audio.store={audio}", f"features.video.store={video}", "model.objective=ccc"])
+    assert code == 2
+    assert "objective=ccc" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "split_00" / "metrics.json").exists()
 
 
 def test_vavl_run_trains_unpaired_reports_three_conditions_and_analysis(tiny_crema, tmp_path):

@@ -114,6 +114,20 @@ def test_resume_after_an_epoch_equals_an_uninterrupted_run(tmp_path) -> None:
     assert [json.loads(a)["train_loss"] for a in full] == [json.loads(b)["train_loss"] for b in cut]
 
 
+def test_resume_refuses_checkpoints_made_from_other_inputs(tmp_path) -> None:
+    store = make_store(tmp_path / "store")
+    _run(store, tmp_path / "run", "train.epochs=1")
+    with pytest.raises(UserError, match=r"changed: config\.train\.lr\)"):
+        _run(store, tmp_path / "run", "train.epochs=2", "train.lr=0.5", "resume=true")
+    labels = pd.read_csv(store / "labels.csv")
+    labels["energy"] = 1 - labels["energy"]
+    labels.to_csv(store / "labels.csv", index=False)
+    with pytest.raises(UserError, match=r"store\.labels\.csv"):
+        _run(store, tmp_path / "run", "train.epochs=2", "resume=true")
+    record = json.loads((tmp_path / "run" / "inputs.json").read_text())
+    assert record["config"]["train"]["epochs"] == 1 and "output_dir" not in record["config"]
+
+
 def test_resume_mid_epoch_equals_an_uninterrupted_run(tmp_path) -> None:
     store = make_store(tmp_path / "store")
     _run(store, tmp_path / "full", "train.epochs=2", "train.checkpoint_every=3")
@@ -163,6 +177,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path) -> N
     [
         ("tasks=[energy,pitch]", "unknown task"),
         ("train.epochz=3", "train.epochz"),
+        ("train.max_steps=0", "train.max_steps"),
         ("model.encoder.n_heads=3", "divisible"),
     ],
 )
@@ -177,3 +192,34 @@ def test_existing_run_needs_resume(tmp_path) -> None:
     _run(store, tmp_path / "run", "train.epochs=1")
     with pytest.raises(UserError, match="resume=true"):
         _run(store, tmp_path / "run", "train.epochs=1")
+
+
+def test_max_steps_stops_mid_epoch_and_resumes_to_the_same_weights(tmp_path, monkeypatch) -> None:
+    import tqdm.auto
+
+    totals: list[int] = []
+
+    class Recorded(tqdm.auto.tqdm):
+        def __init__(self, *args, **kwargs) -> None:
+            totals.append(kwargs["total"])
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recorded)
+    store = make_store(tmp_path / "store")
+    # 10 batches per epoch: step 13 is batch 3 of epoch 2, and train.epochs=1 no longer limits the run
+    summary = _run(store, tmp_path / "full", "train.epochs=1", "train.max_steps=13", "train.checkpoint_every=5")
+    assert summary["steps"] == 13 and totals == [13]
+    assert [(r["epoch"], r["step"]) for r in summary["history"]] == [(1, 10), (2, 13)]
+    assert (tmp_path / "full" / "encoder" / "model.safetensors").is_file()
+    (last_step, _), last = list_checkpoints(tmp_path / "full" / "checkpoints")[-1]
+    assert last_step == 13 and json.loads((last / "trainer_state.json").read_text())["step_in_epoch"] == 3
+
+    shutil.copytree(tmp_path / "full", tmp_path / "cut")
+    for (step, _), path in list_checkpoints(tmp_path / "cut" / "checkpoints"):
+        if step > 5:
+            shutil.rmtree(path)
+    shutil.rmtree(tmp_path / "cut" / "encoder")
+    resumed = _run(store, tmp_path / "cut", "train.epochs=1", "train.max_steps=13", "train.checkpoint_every=5", "resume=true")
+    assert resumed["steps"] == 13 and totals[-1] == 13
+    assert _max_diff(_weights(tmp_path / "full"), _weights(tmp_path / "cut")) <= 1e-6
+    assert [r["train_loss"] for r in resumed["history"]] == pytest.approx([r["train_loss"] for r in summary["history"]], rel=1e-6)

@@ -67,21 +67,24 @@ def test_cli_reports_a_missing_store_in_one_line(tmp_path) -> None:
     assert result.stderr.strip().count("\n") == 0 and "ssl-aver pretext build" in result.stderr
 
 
-def test_wav2vec2_baseline_pretrains_and_loads_as_a_branch(tmp_path) -> None:
+def _wav2vec2_run(tmp_path: Path) -> list[str]:
+    """Overrides for a tiny wav2vec2 pretraining on 8 windows of 4 noise clips (6 train, batch 2)."""
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     rng = np.random.default_rng(0)
     for c in range(4):
         sf.write(corpus / f"c{c}.wav", (0.1 * rng.standard_normal(16000 * 4)).astype(np.float32), 16000)
     store = _store(tmp_path / "store", 8, dim=6)
-    overrides = [
+    return [
         "model.type=wav2vec2", f"data.store={store}", f"data.corpus={corpus}", f"output_dir={tmp_path / 'run'}",
         "model.encoder.d_model=16", "model.encoder.n_heads=2", "model.encoder.ff_dim=32",
         "model.wav2vec2.conv_dim=[16,16,16,16,16,16,16]", "model.wav2vec2.codevector_dim=16",
-        "model.wav2vec2.num_negatives=10", "train.epochs=2", "train.batch_size=2", "data.dev_fraction=0.25",
-        "train.num_threads=1",
+        "model.wav2vec2.num_negatives=10", "train.batch_size=2", "data.dev_fraction=0.25", "train.num_threads=1",
     ]  # fmt: skip
-    summary = pretrain(build_config(None, overrides))
+
+
+def test_wav2vec2_baseline_pretrains_and_loads_as_a_branch(tmp_path) -> None:
+    summary = pretrain(build_config(None, [*_wav2vec2_run(tmp_path), "train.epochs=2"]))
     assert [row["epoch"] for row in summary["history"]] == [1, 2]
     assert np.isfinite(summary["history"][-1]["dev_loss"])
     branch = load_wav2vec2_encoder(tmp_path / "run" / "encoder").eval()
@@ -89,6 +92,23 @@ def test_wav2vec2_baseline_pretrains_and_loads_as_a_branch(tmp_path) -> None:
     with torch.no_grad():
         hidden = branch(torch.randn(1, 32000)).last_hidden_state
     assert hidden.shape[-1] == 16
+
+
+def test_wav2vec2_baseline_stops_after_max_steps_with_a_layer_norm_feature_encoder(tmp_path) -> None:
+    # 3 batches per epoch: step 4 is the first batch of epoch 2; train.epochs no longer limits the run
+    summary = pretrain(build_config(None, [*_wav2vec2_run(tmp_path), "train.epochs=1", "train.max_steps=4"]))
+    assert summary["steps"] == 4
+    assert [(row["epoch"], row["step"]) for row in summary["history"]] == [(1, 3), (2, 4)]
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 4
+    saved = json.loads((tmp_path / "run" / "encoder" / "config.json").read_text())
+    assert saved["feat_extract_norm"] == "layer" and saved["do_stable_layer_norm"] is False
+    assert load_wav2vec2_encoder(tmp_path / "run" / "encoder").config.feat_extract_norm == "layer"
+
+
+def test_wav2vec2_recipe_runs_paper_1s_400k_iterations() -> None:
+    cfg = build_config(ROOT / "recipes" / "pretrain" / "wav2vec2.yaml", ["data.store=x", "output_dir=y"])
+    assert cfg.train.max_steps == 400_000 and cfg.model.wav2vec2.feat_extract_norm == "layer"
+    assert "400k" in (ROOT / "recipes" / "pretrain" / "wav2vec2.yaml").read_text().split("\nseed:")[0]
 
 
 def test_demo_stage_shows_losses_and_the_encoder(tmp_path) -> None:
