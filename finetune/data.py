@@ -2,9 +2,16 @@
 
 The labels come from `ssl_aver.crema_d_labels` (vote distributions per rating condition). A
 head trains on one condition (`voice`, `face` or `av`; paper 1 uses the audio-visual ratings)
-with either single-label targets (one-hot of the plurality vote, paper 1) or multi-label
-targets (multi-hot above 1/C, papers 3-4). Acoustic inputs are openSMILE LLD frames from a
-feature store (extracted once per corpus, then reused) or raw waveforms for wav2vec2.
+with single-label targets (`multiclass`: one-hot of the plurality vote, paper 1), multi-label
+targets (`multilabel`: multi-hot above 1/C) or the vote distributions themselves
+(`distribution`: the share of raters per emotion, papers 3-4: "The labels are distributional
+labels for the training stage, and are converted into binary vectors when the values are
+higher than the defined threshold"). A distribution task is a multi-label task to the heads
+(sigmoid outputs, BCE against the shares, class-balanced counts by the 1/C rule) and is
+evaluated like one: `evaluate_predictions` binarises the shares above 1/C, which gives exactly
+the multi-hot labels. Extra target groups (voice / face / av) follow the primary target's kind.
+Acoustic inputs are openSMILE LLD frames from a feature store (extracted once per corpus, then
+reused) or raw waveforms for wav2vec2.
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ class TaskData:
     labels: Any  # pandas.DataFrame: clip, actor, demographics, target columns
     classes: list[str]
     targets: list[str]
-    task: str  # multiclass | multilabel
+    task: str  # multiclass | multilabel (distribution targets are multi-label shares)
     dropped: list[dict[str, str]]
     extra: dict[str, list[str]] = field(default_factory=dict)
 
@@ -58,17 +65,27 @@ class TaskData:
         return layout
 
 
-def _condition_targets(table: Any, condition: str) -> list[str]:
-    """Another rating condition's multi-hot labels (two-stage training uses voice/face labels)."""
-    return [f"{condition}_{e}" for e in EMOTIONS]
+TARGETS = ("multiclass", "multilabel", "distribution")
 
 
-#: extra target name -> function(label table) -> its column names (added to the table if needed).
-EXTRA_TARGETS: dict[str, Callable[[Any], list[str]]] = {
-    "voice": lambda table: _condition_targets(table, "voice"),
-    "face": lambda table: _condition_targets(table, "face"),
-    "av": lambda table: _condition_targets(table, "av"),
-    "valence": valence_targets,
+def _condition_targets(table: Any, condition: str, target: str) -> list[str]:
+    """Another rating condition's labels (two-stage training uses voice/face labels): multi-hot,
+    or for distribution targets its vote shares, all zero where that condition has no ratings
+    (as the multi-hot labels are)."""
+    if target != "distribution":
+        return [f"{condition}_{e}" for e in EMOTIONS]
+    columns = [f"{condition}_{e}_share" for e in EMOTIONS]
+    for emotion, column in zip(EMOTIONS, columns):
+        table[column] = table[f"{condition}_{emotion}_p"].fillna(0.0)
+    return columns
+
+
+#: extra target name -> function(label table, primary target kind) -> its column names (added to the table if needed).
+EXTRA_TARGETS: dict[str, Callable[[Any, str], list[str]]] = {
+    "voice": lambda table, target: _condition_targets(table, "voice", target),
+    "face": lambda table, target: _condition_targets(table, "face", target),
+    "av": lambda table, target: _condition_targets(table, "av", target),
+    "valence": lambda table, target: valence_targets(table),
 }
 
 
@@ -89,8 +106,8 @@ def crema_d_task(
     """
     if condition not in CONDITIONS:
         raise UserError(f"data.condition must be one of {CONDITIONS}, got {condition!r}")
-    if task not in ("multiclass", "multilabel"):
-        raise UserError(f"data.target must be multiclass or multilabel, got {task!r}")
+    if task not in TARGETS:
+        raise UserError(f"data.target must be one of {', '.join(TARGETS)}, got {task!r}")
     corpus = read_crema_d(root)
     votes_path = votes or corpus.votes_path
     if votes_path is None:
@@ -110,11 +127,11 @@ def crema_d_task(
         for emotion, column in zip(EMOTIONS, targets):
             table[column] = (table[f"{condition}_label"] == emotion).astype(np.float32)
     else:
-        targets = [f"{condition}_{e}" for e in EMOTIONS]
-        empty = table[targets].sum(axis=1) == 0
+        empty = table[f"{condition}_votes"] == 0
         for clip in table.loc[empty, "clip"]:
             dropped.append({"clip": clip, "reason": f"no {condition} ratings"})
         table = table[~empty].reset_index(drop=True)
+        targets = _condition_targets(table, condition, task)
     if table.empty:
         raise UserError(f"no clip under {root} has both media and {condition} ratings")
     unknown = sorted(set(extra) - set(EXTRA_TARGETS))
@@ -122,8 +139,8 @@ def crema_d_task(
         raise UserError(f"unknown data.extra_targets {unknown}; choose from {sorted(EXTRA_TARGETS)}")
     if clip_columns is not None:
         table = join_clip_columns(table, clip_columns)
-    extra_columns = {name: EXTRA_TARGETS[name](table) for name in extra}
-    return TaskData(table, list(EMOTIONS), targets, task, dropped, extra_columns)
+    extra_columns = {name: EXTRA_TARGETS[name](table, task) for name in extra}
+    return TaskData(table, list(EMOTIONS), targets, "multilabel" if task == "distribution" else task, dropped, extra_columns)
 
 
 def join_clip_columns(table: Any, path: str | Path) -> Any:

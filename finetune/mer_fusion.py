@@ -9,11 +9,24 @@ three structures of each decoder at the decision level (Eqs. 10-11):
 choosing (k1, k2, k3) per split on the DEV predictions by a grid search over the simplex
 (`--step`, 0.1 by default) for the best MER score, then scoring the test predictions once
 with them. The paper does not say how the k were chosen; a dev grid search keeps the test set
-untouched. Writes OUT/table1.csv (one row per structure/decoder/fused: weighted F1 "Dis",
-valence MSE "Dim", MER score "Com", mean and std over splits), OUT/table1.md (the paper's
-layout) and OUT/table1.json (with the chosen weights per split). A run's finished splits are
-reused when their recorded inputs (inputs.json) still match, so an interrupted table resumes;
-changed inputs stop the table naming them (`--force` recomputes).
+untouched. Fusion uses exactly the splits each run's config names (splits.k, or the first k of
+its splits file), checked against its metrics.json: split_* folders left on disk by an earlier
+run with another k are never read, and runs on other splits are refused. Writes OUT/table1.csv
+(one row per structure/decoder/fused: weighted F1 "Dis", valence MSE "Dim", the MSE over the
+test set's valence variance, MER score "Com" on MER2023's [-5, 5] valence scale, mean and std
+over splits), OUT/table1.md (the paper's layout) and OUT/table1.json (with the chosen weights
+per split). A run's finished splits are reused when their recorded inputs (inputs.json) still
+match, so an interrupted table resumes; changed inputs stop the table naming them (`--force`
+recomputes).
+
+Inputs. The three structures compute the same function unless there are two or more acoustic
+vectors and a visual one (`ssl_aver.models.afg.structures_coincide`): with one acoustic vector
+(an openSMILE store, the pretrained encoder) their "fusion" would be a seed ensemble, so the
+table refuses to run more than one structure then. Paper 5 fuses "3 well-performing acoustic
+features HL(18), HL(19), HL(20) and 2 visual features RF(pooling) and MR(block2)": a
+layer-stacked acoustic store with `model.audio_layers`, and `--video-stores A B` stacks the face
+stores of several visual models into OUT/video_stack (`finetune.heads.mer.stack_face_stores`),
+one AFG input each.
 
 Significance: the paper reports one score per system on the MER2023 test sets and runs no
 statistical test (its "significantly improves" is not backed by one). Here every system is run
@@ -34,11 +47,13 @@ from typing import Any, Sequence
 import numpy as np
 from omegaconf import OmegaConf
 
+from finetune.valence import MER_SCALE
 from ssl_aver.errors import UserError
-from ssl_aver.io import atomic_write_text, write_dataframe, write_json
+from ssl_aver.io import atomic_write_text, read_json, write_dataframe, write_json
 
 STRUCTURES = ("parallel", "pairwise", "hierarchical")
 DECODERS = ("baseline", "jdev")
+SCORES = ("weighted_f1", "valence_mse", "valence_nmse", "mer_score")
 
 
 def simplex_grid(n: int, step: float = 0.1) -> np.ndarray:
@@ -59,23 +74,27 @@ def fuse(probs: Sequence[np.ndarray], valence: Sequence[np.ndarray], weights: np
     return np.asarray(fused_probs), np.asarray(fused_valence)
 
 
-def scores(probs: np.ndarray, valence: np.ndarray, targets: np.ndarray, valence_target: np.ndarray) -> dict[str, float]:
-    """Weighted F1 of the argmax emotion ("Dis"), valence MSE ("Dim") and the MER score ("Com")."""
+def scores(
+    probs: np.ndarray, valence: np.ndarray, targets: np.ndarray, valence_target: np.ndarray, scale: Sequence[float] = MER_SCALE,
+) -> dict[str, float]:
+    """Weighted F1 of the argmax emotion ("Dis"), valence MSE ("Dim") on the targets' `scale`, the
+    MSE over the targets' variance, and the MER score ("Com", MSE on [-5, 5])."""
     from ssl_aver.metrics import argmax_one_hot, classification_scores
 
-    from finetune.heads.mer import mer_score
+    from finetune.heads.mer import mer_score, normalised_mse
 
     f1 = classification_scores(argmax_one_hot(targets), argmax_one_hot(probs))["weighted_f1"]
     mse = float(np.mean((np.asarray(valence, np.float64) - valence_target) ** 2))
-    return {"weighted_f1": float(f1), "valence_mse": mse, "mer_score": mer_score(f1, mse)}
+    return {"weighted_f1": float(f1), "valence_mse": mse, "valence_nmse": normalised_mse(mse, valence_target), "mer_score": mer_score(f1, mse, scale)}
 
 
 def choose_weights(
     probs: Sequence[np.ndarray], valence: Sequence[np.ndarray], targets: np.ndarray, valence_target: np.ndarray, step: float = 0.1,
+    scale: Sequence[float] = MER_SCALE,
 ) -> tuple[np.ndarray, float]:
     """The grid weights with the best MER score on these (dev) predictions; ties keep the first."""
     grid = simplex_grid(len(probs), step)
-    found = [scores(*fuse(probs, valence, w), targets, valence_target)["mer_score"] for w in grid]
+    found = [scores(*fuse(probs, valence, w), targets, valence_target, scale)["mer_score"] for w in grid]
     best = int(np.argmax(found))
     return grid[best], float(found[best])
 
@@ -91,13 +110,59 @@ def _read_predictions(path: Path, classes: Sequence[str]) -> tuple[list[str], np
     return frame["clip"].tolist(), frame[list(classes)].to_numpy(np.float64), frame["valence"].to_numpy(np.float64)
 
 
+def run_split_ids(run: str | Path) -> list[int]:
+    """The split ids of a finished run as its config names them: 0..k-1 for splits.k, or for a
+    splits file the first k of it (the run's splits.csv is that file's copy); refused when its
+    metrics.json reports other splits. Folders on disk are never listed: a stale split_07 of an
+    earlier run with another k must not join a fusion."""
+    from ssl_aver.splits import load_splits
+
+    root = Path(run)
+    for name in ("config.yaml", "metrics.json"):
+        if not (root / name).is_file():
+            raise UserError(f"{root / name} is missing: finish that MER run (ssl-aver finetune or mer-table) before fusing it")
+    cfg = OmegaConf.load(root / "config.yaml")
+    k = int(cfg.splits.k)
+    if cfg.splits.file:
+        k = min(k, len(load_splits(root / "splits.csv")))
+    expected = list(range(k))
+    recorded = [int(s["split"]) for s in read_json(root / "metrics.json")["splits"]]
+    if recorded != expected:
+        raise UserError(f"{root}: metrics.json reports splits {recorded} but its config names {expected} (splits.k={cfg.splits.k}); "
+                        "rerun it with --force before fusing")
+    return expected
+
+
+def _run_scale(run: Path) -> tuple[float, float]:
+    """The valence scale a run's config states (runs from before valence had a scale are refused)."""
+    from finetune.heads.mer import parse_valence_scale
+
+    value = OmegaConf.select(OmegaConf.load(run / "config.yaml"), "model.valence_scale")
+    if value is None:
+        raise UserError(f"{run} was made before the derived valence was put on MER2023's [-5, 5] (its config has no model.valence_scale); "
+                        "rerun it with --force")
+    return parse_valence_scale(value)
+
+
 def fuse_runs(runs: Sequence[str | Path], step: float = 0.1) -> dict[str, Any]:
-    """Decision-level fusion of finished MER runs (same data and splits): per split, weights
-    chosen on dev and test scores; plus mean/std over splits."""
+    """Decision-level fusion of finished MER runs (same data and splits): per split of the runs'
+    config (`run_split_ids`), weights chosen on dev and test scores; plus mean/std over splits."""
     from finetune.data import crema_d_task
 
     dirs = [Path(r) for r in runs]
+    ids = run_split_ids(dirs[0])
     cfg = OmegaConf.load(dirs[0] / "config.yaml")
+    scale = _run_scale(dirs[0])
+    splits_sha = {read_json(d / "inputs.json").get("splits_sha256") if (d / "inputs.json").is_file() else None for d in dirs}
+    for d in dirs[1:]:
+        other = run_split_ids(d)
+        if other != ids:
+            raise UserError(f"{d} has splits {other} but {dirs[0]} has {ids}; fuse runs made with the same splits (splits.k, splits.file)")
+        if _run_scale(d) != scale:
+            raise UserError(f"{d} and {dirs[0]} state different model.valence_scale; fuse runs on the same valence targets")
+    if len(splits_sha) > 1:
+        raise UserError(f"the runs {[str(d) for d in dirs]} were made on different speaker splits (inputs.json splits_sha256); "
+                        "rerun them with the same splits.seed / splits.file")
     task = crema_d_task(
         cfg.data.root, cfg.data.condition, cfg.data.target, cfg.data.tie_break, cfg.data.votes, cfg.data.demographics,
         extra=list(cfg.data.extra_targets), clip_columns=cfg.data.get("clip_columns"),
@@ -105,11 +170,9 @@ def fuse_runs(runs: Sequence[str | Path], step: float = 0.1) -> dict[str, Any]:
     if task.task != "multiclass":
         raise UserError("decision-level fusion scores single-label emotions (data.target=multiclass)")
     labels = task.labels.set_index("clip")
-    splits = sorted(p.name for p in dirs[0].glob("split_*") if p.is_dir())
-    if not splits:
-        raise UserError(f"{dirs[0]} holds no split_* folders; run the structure runs first")
     per_split = []
-    for split in splits:
+    for k in ids:
+        split = f"split_{k:02d}"
         chosen = {}
         for part, name in (("dev", "predictions_dev.csv"), ("test", "predictions.csv")):
             read = [_read_predictions(d / split / name, task.classes) for d in dirs]
@@ -118,18 +181,20 @@ def fuse_runs(runs: Sequence[str | Path], step: float = 0.1) -> dict[str, Any]:
                 raise UserError(f"the runs' {split}/{name} list different clips; fuse runs made with the same data and splits")
             rows = labels.loc[clips]
             chosen[part] = ([r[1] for r in read], [r[2] for r in read], rows[task.targets].to_numpy(np.float64), rows["valence"].to_numpy(np.float64))
-        weights, dev_score = choose_weights(*chosen["dev"], step=step)
+        weights, dev_score = choose_weights(*chosen["dev"], step=step, scale=scale)
         probs, valence, targets, valence_target = chosen["test"]
-        test = scores(*fuse(probs, valence, weights), targets, valence_target)
-        per_split.append({"split": int(split.removeprefix("split_")), "weights": weights.tolist(), "dev_mer_score": dev_score, **test})
+        test = scores(*fuse(probs, valence, weights), targets, valence_target, scale)
+        per_split.append({"split": k, "weights": weights.tolist(), "dev_mer_score": dev_score, **test})
     overall = {}
-    for key in ("weighted_f1", "valence_mse", "mer_score"):
+    for key in SCORES:
         values = [s[key] for s in per_split]
         overall[key] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "values": values}
     return {"runs": [str(d) for d in dirs], "step": step, "splits": per_split, "overall": overall}
 
 
-def _markdown(rows: list[dict[str, Any]], structures: Sequence[str], decoders: Sequence[str], title: str, significance: dict[str, Any]) -> str:
+def _markdown(
+    rows: list[dict[str, Any]], structures: Sequence[str], decoders: Sequence[str], title: str, significance: dict[str, Any], valence_note: str,
+) -> str:
     """The paper's layout (one column per structure/decoder), a p row and the test's legend."""
     from finetune.tables import legend, mark, p_cell
 
@@ -139,12 +204,13 @@ def _markdown(rows: list[dict[str, Any]], structures: Sequence[str], decoders: S
     numbers["fused"] = "+".join(numbers[s] for s in structures) + " fused"
     heads = [f"{numbers[s]} {d}{mark(f'{s}_{d}', significance)}" for s, d in columns]
     lines = [f"# {title}", "", "| | " + " | ".join(heads) + " |", "|---" * (len(columns) + 1) + "|"]
-    for key, name in (("weighted_f1", "Dis (weighted F1, up)"), ("valence_mse", "Dim (valence MSE, down)"), ("mer_score", "Com (MER score, up)")):
+    for key, name in (("weighted_f1", "Dis (weighted F1, up)"), ("valence_mse", "Dim (valence MSE, down)"),
+                      ("valence_nmse", "Dim / test variance (down)"), ("mer_score", "Com (MER score, up)")):
         cells = [f"{index[c][key]:.4f} +- {index[c][key + '_std']:.4f}" if c in index else "" for c in columns]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     cells = [p_cell(f"{s}_{d}", significance) if (s, d) in index else "" for s, d in columns]
     lines.append(f"| p vs {significance['reference']} ({significance['metric']}) | " + " | ".join(cells) + " |")
-    return "\n".join([*lines, "", *legend(significance)]) + "\n"
+    return "\n".join([*lines, "", valence_note, "", *legend(significance)]) + "\n"
 
 
 def default_reference(structures: Sequence[str], decoders: Sequence[str]) -> str:
@@ -153,14 +219,37 @@ def default_reference(structures: Sequence[str], decoders: Sequence[str]) -> str
     return f"{'fused' if len(structures) > 1 else structures[-1]}_{decoders[-1]}"
 
 
+def check_inputs(cfg: Any, structures: Sequence[str]) -> tuple[int, int]:
+    """Acoustic and visual input counts of the recipe's head on its stores; refuses to compare
+    structures that would compute the same function (module docstring, "Inputs")."""
+    from finetune.heads.mer import input_counts
+    from finetune.run import feature_store
+    from ssl_aver.features.store import FeatureStore
+    from ssl_aver.models.afg import structures_coincide
+
+    out = Path(cfg.output_dir)
+    shapes = {m: FeatureStore(feature_store(cfg, m, out)).frame_shape for m in ("audio", "video") if m in cfg.model.features}
+    n_acoustic, n_visual = input_counts(cfg.model, shapes.get("audio"), shapes.get("video"), cfg.encoder is not None)
+    if len(structures) > 1 and structures_coincide(n_acoustic, n_visual):
+        raise UserError(
+            f"mer-table: with {n_acoustic} acoustic and {n_visual} visual input(s) the structures {list(structures)} compute the same "
+            "function (pairwise and hierarchical reduce to parallel below 2 acoustic + 1 visual inputs), so their fusion is a seed "
+            "ensemble; give several acoustic inputs (model.audio_layers of a layer-stacked store, or model.audio_groups) and a visual store, "
+            "or run --structures parallel")
+    return n_acoustic, n_visual
+
+
 def mer_table(
     config: str | Path, overrides: Sequence[str] = (), structures: Sequence[str] = STRUCTURES, decoders: Sequence[str] = DECODERS, step: float = 0.1,
     reference: str | None = None, metric: str = "mer_score", alternative: str = "two-sided", alpha: float = 0.05, force: bool = False,
+    video_stores: Sequence[str | Path] = (),
 ) -> dict[str, Any]:
     """Run (or reuse) every structure x decoder run of the recipe, fuse, test against the
-    reference system (module docstring) and write Table 1."""
+    reference system (module docstring) and write Table 1. `video_stores`: face stores of
+    several visual models, stacked into OUT/video_stack as the runs' visual store."""
     import pandas as pd
 
+    from finetune.heads.mer import parse_valence_scale, stack_face_stores
     from finetune.run import build_config, finetune
     from finetune.tables import check_test, compare
 
@@ -171,13 +260,17 @@ def mer_table(
     names = [f"{s}_{d}" for d in decoders for s in [*structures, *(["fused"] if len(structures) > 1 else [])]]
     if reference not in names:
         raise UserError(f"--reference {reference} is not a system of this table; choose one of {names}")
-    if metric not in ("weighted_f1", "valence_mse", "mer_score"):
-        raise UserError(f"--metric {metric} is not a Table 1 score; choose weighted_f1, valence_mse or mer_score")
+    if metric not in SCORES:
+        raise UserError(f"--metric {metric} is not a Table 1 score; choose one of {', '.join(SCORES)}")
     check_test(alternative, alpha)
     base = build_config(config, overrides)
     if str(base.head) != "mer":
         raise UserError(f"mer-table needs a recipe of the mer head, got head={base.head}")
     out = Path(base.output_dir)
+    if video_stores:
+        overrides = [*overrides, f"features.video.store={stack_face_stores(video_stores, out / 'video_stack', replace=True)}"]
+    first = build_config(config, [*overrides, f"output_dir={out / f'{structures[0]}_{decoders[0]}'}"])
+    n_acoustic, n_visual = check_inputs(first, structures)
     rows: list[dict[str, Any]] = []
     fused: dict[str, Any] = {}
     summaries: dict[str, Any] = {}
@@ -189,18 +282,22 @@ def mer_table(
             summaries[f"{structure}_{decoder}"] = finetune(cfg, force=force)
             run_dirs.append(run_dir)
             primary = summaries[f"{structure}_{decoder}"]["overall"]
-            rows.append({"structure": structure, "decoder": decoder, **{k: primary[k]["mean"] for k in ("weighted_f1", "valence_mse", "mer_score")},
-                         **{f"{k}_std": primary[k]["std"] for k in ("weighted_f1", "valence_mse", "mer_score")}})
+            rows.append({"structure": structure, "decoder": decoder, **{k: primary[k]["mean"] for k in SCORES}, **{f"{k}_std": primary[k]["std"] for k in SCORES}})
         if len(run_dirs) > 1:
             fused[decoder] = summaries[f"fused_{decoder}"] = fuse_runs(run_dirs, step)
             overall = fused[decoder]["overall"]
             rows.append({"structure": "fused", "decoder": decoder, **{k: v["mean"] for k, v in overall.items()}, **{f"{k}_std": v["std"] for k, v in overall.items()}})
     significance = compare(summaries, reference, metric, alternative, alpha)
-    title = f"MER joint decoding on {Path(str(base.data.root)).name} ({base.data.condition} ratings), {int(base.splits.k)} splits, test set"
+    title = (f"MER joint decoding on {Path(str(base.data.root)).name} ({base.data.condition} ratings), {int(base.splits.k)} splits, test set, "
+             f"{n_acoustic} acoustic + {n_visual} visual inputs")
+    scale = parse_valence_scale(base.model.valence_scale)
+    note = (f"Valence: {base.model.valence_source} on [{scale[0]:g}, {scale[1]:g}]; Dim / test variance = MSE over the variance of the "
+            "test set's valence targets (1 = predicting their mean); Com = weighted F1 - 0.25 x MSE on MER2023's [-5, 5] scale.")
     table = pd.DataFrame(rows)
     write_dataframe(out / "table1.csv", table)
-    atomic_write_text(out / "table1.md", _markdown(rows, structures, decoders, title, significance))
-    result = {"title": title, "rows": rows, "fusion": fused, "significance": significance, "valence_source": str(base.model.valence_source)}
+    atomic_write_text(out / "table1.md", _markdown(rows, structures, decoders, title, significance, note))
+    result = {"title": title, "rows": rows, "fusion": fused, "significance": significance, "valence_source": str(base.model.valence_source),
+              "valence_scale": list(scale), "inputs": {"acoustic": n_acoustic, "visual": n_visual}}
     write_json(out / "table1.json", result)
     return result
 
@@ -211,7 +308,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoders", nargs="+", default=list(DECODERS), help="decoders to run (default: baseline jdev)")
     parser.add_argument("--step", type=float, default=0.1, help="grid step of the fusion weights k1..k3 (default 0.1)")
     parser.add_argument("--reference", default=None, help="system tested against every other, e.g. fused_jdev (default), parallel_baseline")
-    parser.add_argument("--metric", default="mer_score", help="score of the paired t-test: mer_score (default), weighted_f1 or valence_mse")
+    parser.add_argument("--metric", default="mer_score", help="score of the paired t-test: mer_score (default), weighted_f1, valence_mse or valence_nmse")
+    parser.add_argument("--video-stores", nargs="+", default=[], help="face stores of several visual models (paper 5: two), stacked into OUT/video_stack")
     parser.add_argument("--alternative", default="two-sided", help="two-sided (default), greater or less (reference minus other)")
     parser.add_argument("--alpha", type=float, default=0.05, help="significance level of the paired t-test (default 0.05)")
     parser.add_argument("--force", action="store_true", help="recompute runs whose inputs changed (default: stop and say what changed)")
@@ -221,32 +319,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     result = mer_table(
         args.config, args.overrides, args.structures, args.decoders, args.step, args.reference, args.metric, args.alternative, args.alpha, args.force,
+        args.video_stores,
     )
     for row in result["rows"]:
-        print(f"{row['structure']:>12} {row['decoder']:>8}: weighted F1 {row['weighted_f1']:.4f}  MSE {row['valence_mse']:.4f}  MER {row['mer_score']:.4f}")
+        print(f"{row['structure']:>12} {row['decoder']:>8}: weighted F1 {row['weighted_f1']:.4f}  MSE {row['valence_mse']:.4f}  "
+              f"MSE/var {row['valence_nmse']:.4f}  MER {row['mer_score']:.4f}")
     return 0
 
 
 def demo_stage(ctx: Any) -> dict[str, Any]:
     """Demo: a tiny MER head (recipes/finetune/mer_demo.yaml) on the demo CREMA-D stores, the
-    baseline and JDEV decoders with each AFG structure, fused at the decision level; reports the
-    MER score (weighted F1 - 0.25 x MSE of the DERIVED CREMA-D valence) per decoder."""
+    baseline and JDEV decoders with each AFG structure, fused at the decision level. Acoustic
+    inputs: the openSMILE store's LLDs and their deltas (two AFG inputs, so the structures
+    differ; the demo's tiny WavLM has random weights and carries no emotion); visual: the face
+    store, or the stack of the features stage's `video_stores` when it gives several face
+    models. Reports the MER score on MER2023's [-5, 5] valence scale (weighted F1 - 0.25 x MSE
+    of the DERIVED CREMA-D valence) and the MSE over the test set's valence variance."""
     from finetune.run import PACKAGE_ROOT
 
     features = ctx.results.get("features", {})
     if not features.get("audio_store") or not features.get("video_store"):
         raise UserError("the mer demo stage needs the features stage's audio_store and video_store")
     out = ctx.stage_dir("mer")
+    faces = list(features.get("video_stores") or [])
     result = mer_table(PACKAGE_ROOT / "recipes/finetune/mer_demo.yaml", [
         f"data.root={ctx.data / 'crema-d'}", f"output_dir={out}", f"seed={ctx.seed}",
         f"features.audio.store={features['audio_store']}", f"features.video.store={features['video_store']}",
-    ], step=0.25, force=True)
-    table = {f"{r['structure']}_{r['decoder']}": {k: round(float(r[k]), 4) for k in ("weighted_f1", "valence_mse", "mer_score")} for r in result["rows"]}
+    ], step=0.25, force=True, video_stores=faces if len(faces) > 1 else ())
+    table = {f"{r['structure']}_{r['decoder']}": {k: round(float(r[k]), 4) for k in SCORES} for r in result["rows"]}
     best = {d: max((r for r in result["rows"] if r["decoder"] == d), key=lambda r: r["mer_score"]) for d in DECODERS}
+    inputs = result["inputs"]
     return {
         "table": str(out / "table1.md"),
         "rows": table,
+        "inputs": inputs,
         "valence_source": result["valence_source"],
-        "headline": "MER score (wF1 - 0.25 MSE, derived valence): " + ", ".join(
-            f"{d} {table[f'fused_{d}']['mer_score']:.3f} fused / best {best[d]['structure']} {best[d]['mer_score']:.3f}" for d in DECODERS),
+        "valence_scale": result["valence_scale"],
+        "headline": f"MER score (wF1 - 0.25 MSE, derived valence on [-5, 5]; {inputs['acoustic']} acoustic + {inputs['visual']} visual inputs): "
+        + ", ".join(f"{d} {table[f'fused_{d}']['mer_score']:.3f} fused (MSE/var {table[f'fused_{d}']['valence_nmse']:.2f}) / "
+                    f"best {best[d]['structure']} {best[d]['mer_score']:.3f}" for d in DECODERS),
     }

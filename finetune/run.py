@@ -59,7 +59,10 @@ DEFAULTS: dict[str, Any] = {
         "audio": {"store": None, "config": "recipes/features/smile.yaml", "overrides": []},
         "video": {"store": None, "config": "recipes/features/mobilenet_v2.yaml", "overrides": []},
     },
-    "splits": {"k": 20, "seed": 0, "file": None, "fractions": [0.7, 0.15, 0.15]},
+    # protocol random (paper 1's repeated partitions) or kfold (every actor tested once), stratified by the
+    # label table's `strata` columns (ssl_aver.splits); allow_shared_speakers admits a clip-level file that is not speaker independent
+    "splits": {"k": 20, "seed": 0, "file": None, "fractions": [0.7, 0.15, 0.15], "protocol": "random", "strata": ["race", "sex"],
+               "allow_shared_speakers": False},
     "train": {
         "epochs": 20,
         "pretrained_epochs": 5,
@@ -123,30 +126,44 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _splits(cfg: DictConfig, actors: list[str]) -> list[dict[str, str]]:
-    from ssl_aver.splits import load_splits, make_splits
+def _splits(cfg: DictConfig, labels: Any) -> list[dict[str, str]]:
+    """The run's splits: `splits.file` (actor- or clip-level rows), else made by `splits.protocol`,
+    stratified by the label table's `splits.strata` columns so every test set holds each sex and race."""
+    from ssl_aver.splits import ClipSplit, actor_groups, check_speaker_independent, load_splits, make_splits
 
+    actors = sorted(labels["actor"].astype(str).unique())
     if cfg.splits.file:
         splits = load_splits(cfg.splits.file)[: int(cfg.splits.k)]
-        unknown = sorted(set(actors) - set(splits[0]))
-        if unknown:
-            raise UserError(f"splits file {cfg.splits.file} has no set for actors {unknown[:5]}")
+        for i, split in enumerate(splits):
+            if not isinstance(split, ClipSplit):
+                unknown = sorted(set(actors) - set(split))
+                if unknown:
+                    raise UserError(f"splits file {cfg.splits.file} has no set for actors {unknown[:5]}")
+            elif not cfg.splits.allow_shared_speakers:
+                check_speaker_independent(split, f"splits file {cfg.splits.file}, split {i}", "set splits.allow_shared_speakers=true to use it anyway")
         return splits
-    return make_splits(actors, int(cfg.splits.k), int(cfg.splits.seed), tuple(cfg.splits.fractions))
+    strata = [str(s) for s in cfg.splits.strata]
+    return make_splits(actors, int(cfg.splits.k), int(cfg.splits.seed), tuple(cfg.splits.fractions), str(cfg.splits.protocol),
+                       actor_groups(labels, strata), strata)
 
 
 def write_shared_splits(base: DictConfig, k: int, seed: int, path: Path) -> Path:
-    """The K actor partitions every system of a table uses, from the labels of recipe `base`.
+    """The K partitions every system of a table uses, from the labels and `splits` node of recipe `base`.
 
     Made afresh on every run (deterministic and cheap), so a changed k or seed never leaves
-    the systems on an old file; their inputs.json then records the splits actually used.
+    the systems on an old file; their inputs.json then records the splits actually used. A
+    `splits.file` of the recipe other than `path` itself (e.g. imported published partitions)
+    is copied in, checked, instead of making splits by `splits.protocol`.
     """
+    from omegaconf import OmegaConf
+
     from finetune.data import crema_d_task
-    from ssl_aver.splits import make_splits, save_splits
+    from ssl_aver.splits import save_splits
 
     task = crema_d_task(base.data.root, base.data.condition, base.data.target, base.data.tie_break, base.data.votes, base.data.demographics)
-    actors = sorted(task.labels["actor"].astype(str).unique())
-    save_splits(make_splits(actors, int(k), int(seed), tuple(base.splits.fractions)), path)
+    given = base.splits.file if base.splits.file and Path(base.splits.file).resolve() != Path(path).resolve() else None
+    cfg = OmegaConf.merge(base, {"splits": {"k": int(k), "seed": int(seed), "file": given}})
+    save_splits(_splits(cfg, task.labels), path)
     return path
 
 
@@ -283,6 +300,8 @@ def split_setup(
     """Label parts, datasets and the head's BuildContext of split `k` (finetune and robustness share it)."""
     from ssl_aver.splits import apply_split
 
+    from ssl_aver.models.losses import positive_counts
+
     from finetune.heads import BuildContext
 
     parts = apply_split(task.labels, split)
@@ -295,7 +314,7 @@ def split_setup(
         n_classes=len(task.classes), task=task.task, encoder_dir=cfg.encoder,
         audio_shape=getattr(data["train"], "audio_shape", None), video_shape=getattr(data["train"], "video_shape", None),
         audio_stats=None if wave or cfg.encoder else _train_stats(data["train"]),
-        class_counts=(train_targets > 0).sum(0) if task.task == "multilabel" else np.bincount(train_targets.argmax(1), minlength=len(task.classes)),
+        class_counts=positive_counts(train_targets) if task.task == "multilabel" else np.bincount(train_targets.argmax(1), minlength=len(task.classes)),
         extra={"target_layout": task.target_layout(), "train_labels": parts["train"]},
     )
     return parts, data, ctx
@@ -361,7 +380,7 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
 
     from ssl_aver import provenance
     from ssl_aver.io import read_json
-    from ssl_aver.splits import save_splits
+    from ssl_aver.splits import groups_in_test, save_splits
 
     start = time.perf_counter()
     out = Path(cfg.output_dir)
@@ -387,7 +406,7 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
         paths = {c.clip: c.audio for c in read_crema_d(cfg.data.root).clips if c.audio}
     else:
         stores = {m: feature_store(cfg, m, out) for m in head_cls.inputs}
-    splits = _splits(cfg, sorted(task.labels["actor"].astype(str).unique()))
+    splits = _splits(cfg, task.labels)
     # A split is finished once its metrics.json (written last) exists; it is reused only when the
     # run's inputs are unchanged, and stale splits (other inputs, --force) are removed first.
     record = inputs_record(cfg, task, stores, splits)
@@ -429,7 +448,8 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
             test = parts["test"].set_index("clip").loc[clips]
             scores = evaluate_predictions(
                 probs, test[task.targets].to_numpy(np.float32), task.task, task.classes,
-                groups={g: test[g].astype(str).to_numpy() for g in groups_cols} or None,
+                groups={g: test[g].to_numpy(dtype=object) for g in groups_cols} or None,
+                known_groups={g: task.labels[g].to_numpy(dtype=object) for g in groups_cols},
                 bootstrap=int(cfg.eval.bootstrap), seed=int(cfg.seed) + k,
             )
             added = hook(probs, outputs, test, scores) if hook is not None else {}
@@ -454,7 +474,12 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
         "clips": len(task.labels),
         "stores": {m: str(p) for m, p in stores.items()},
         "dropped": task.dropped,
-        "splits": [{k: m[k] for k in ("split", "best_epoch", "macro_f1", "micro_f1", "accuracy")} for m in per_split],
+        # per split: its scores, the test set's actors per group (sex, race, ...) and its fairness warnings
+        "splits": [
+            {**{k: m[k] for k in ("split", "best_epoch", "macro_f1", "micro_f1", "accuracy")},
+             "test_actors": groups_in_test(task.labels, splits[m["split"]], groups_cols), "warnings": m.get("warnings", [])}
+            for m in per_split
+        ],
         "overall": by_modality[head_cls.eval_modalities[0]],
         "by_modality": by_modality,
         "seconds": round(time.perf_counter() - start, 2),

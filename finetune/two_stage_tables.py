@@ -218,10 +218,11 @@ def two_stage_tables(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
         summaries[str(int(model.index))] = summary
         clips, probs, classes = pooled_predictions(Path(sub.output_dir), len(summary["splits"]))
         test = labels.loc[clips]
-        groups = {g: test[g].astype(str).to_numpy() for g in ("race", "sex") if g in test.columns}
+        groups = {g: test[g].to_numpy(dtype=object) for g in ("race", "sex") if g in test.columns}
         scores = evaluate_predictions(
             probs, test[task.targets].to_numpy(np.float32), task.task, classes, groups=groups or None,
             bootstrap=int(cfg.eval.bootstrap), seed=int(cfg.seed), level=float(cfg.eval.level),
+            known_groups={g: task.labels[g].to_numpy(dtype=object) for g in groups},
         )
         rows.append(model_row(int(model.index), str(model.elicited), str(sub.head), scores, parameter_counts(Path(sub.output_dir))))
     significance = compare(summaries, str(int(cfg.test.reference)), str(cfg.test.metric), str(cfg.test.alternative), float(cfg.test.alpha))

@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretext": ("pretext.build", "pretext pseudo-labels + window store: pretext build / finalize / bench"),
     "pretrain": ("ssl_aver.pretrain", "multi-task SSL pretraining of the acoustic encoder (accelerate)"),
     "crema-d": ("ssl_aver.crema_d_labels", "CREMA-D labels from rating counts (labels) and speaker-independent splits (splits)"),
+    "splits": ("ssl_aver.splits_import", "published clip-level partitions (one CSV per split, e.g. paper 2's) -> a splits file (splits import)"),
     "features": ("ssl_aver.features.extract", "extract frame-level audio/face features of a corpus into a feature store"),
     "finetune": ("finetune.run", "fine-tune a head (ser, vavl, two_stage, raver, mer) on CREMA-D over K speaker-independent splits"),
     "experiment": ("finetune.experiment", "compare systems (supervised, wav2vec2, pretext) on shared splits: paper 1 Table 2"),

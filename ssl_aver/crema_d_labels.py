@@ -34,6 +34,7 @@ import numpy as np
 
 from ssl_aver.errors import UserError
 from ssl_aver.io import write_dataframe, write_json
+from ssl_aver.splits import PROTOCOLS, STRATA
 
 log = logging.getLogger(__name__)
 
@@ -236,18 +237,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     lab.add_argument("--tie-break", default="intensity", choices=TIE_BREAKS,
                      help="single-label rule for tied plurality votes (default: intensity)")
     lab.add_argument("--out", required=True, help="output folder")
-    spl = sub.add_parser("splits", help="K speaker-independent train/dev/test splits of the actors")
-    spl.add_argument("--labels", required=True, help="a CSV with an 'actor' column (e.g. labels.csv)")
-    spl.add_argument("--k", type=int, default=20, help="number of random splits (paper 1: 20)")
+    spl = sub.add_parser("splits", help="K speaker-independent train/dev/test splits of the actors, stratified by sex and race")
+    spl.add_argument("--labels", required=True, help="a CSV with an 'actor' column and the strata columns (e.g. labels.csv)")
+    spl.add_argument("--protocol", default="random", choices=PROTOCOLS,
+                     help="random: K repeated partitions (paper 1, default); kfold: K actor-disjoint folds, every actor tested once")
+    spl.add_argument("--k", type=int, default=20, help="number of random splits (paper 1: 20) or of folds")
     spl.add_argument("--seed", type=int, default=0)
-    spl.add_argument("--fractions", default="0.7,0.15,0.15", help="train,dev,test fractions of the actors")
+    spl.add_argument("--fractions", default="0.7,0.15,0.15",
+                     help="train,dev,test fractions of the actors (kfold: train:dev ratio of the actors outside the test fold)")
+    spl.add_argument("--strata", default=",".join(STRATA), help="columns to stratify by, outermost first (default race,sex; '' for none)")
     spl.add_argument("--out", required=True, help="splits CSV to write (split, actor, set)")
 
 
 def _run_splits(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from ssl_aver.splits import make_splits, save_splits
+    from collections import Counter
+
+    from ssl_aver.splits import actor_groups, actors_in_test, group_coverage, make_splits, save_splits
 
     path = Path(args.labels)
     if not path.is_file():
@@ -259,10 +266,17 @@ def _run_splits(args: argparse.Namespace) -> int:
         fractions = [float(x) for x in args.fractions.split(",")]
     except ValueError as err:
         raise UserError(f"--fractions must be three numbers like 0.7,0.15,0.15, got {args.fractions!r}") from err
-    splits = make_splits(table["actor"].dropna(), args.k, args.seed, fractions)
+    strata = [s.strip() for s in args.strata.split(",") if s.strip()]
+    table = table.dropna(subset=["actor"])
+    demographics = actor_groups(table, strata)
+    splits = make_splits(table["actor"], args.k, args.seed, fractions, args.protocol, demographics, strata)
     save_splits(splits, args.out)
     sizes = {s: sum(v == s for v in splits[0].values()) for s in ("train", "dev", "test")}
-    print(f"wrote {args.out}: {len(splits)} splits of {len(splits[0])} actors (split 0: {sizes})")
+    tested = Counter(a for split in splits for a in actors_in_test(split))
+    print(f"wrote {args.out}: {len(splits)} {args.protocol} splits of {len(splits[0])} actors (split 0: {sizes}); "
+          f"{len(tested)} actors tested, {min(tested.values())}-{max(tested.values())} times each")
+    for stratum, groups in group_coverage(splits, demographics or {}, strata).items():
+        print(f"test sets holding each {stratum} group: " + ", ".join(f"{g} {n}/{len(splits)}" for g, n in groups.items()))
     return 0
 
 
@@ -278,7 +292,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def demo_stage(ctx) -> dict:
-    """Demo: labels + summary from the demo CREMA-D ratings, K=3 speaker-independent splits,
+    """Demo: labels + summary from the demo CREMA-D ratings, K=3 speaker-independent splits
+    stratified by race and sex (with how many test sets hold each group),
     and a reference score: voice-only raters' distributions taken as predictions of the
     audio-visual multi-hot labels (how much the AV label differs from what the voice alone
     conveys), with fairness by sex. Writes into OUT/crema_labels/."""
@@ -287,13 +302,14 @@ def demo_stage(ctx) -> dict:
     from ssl_aver.evaluate import metrics_markdown
     from ssl_aver.io import atomic_write_text
     from ssl_aver.metrics import evaluate_predictions
-    from ssl_aver.splits import make_splits, save_splits
+    from ssl_aver.splits import actor_groups, group_coverage, make_splits, save_splits
 
     root = ctx.data / "crema-d"
     out = ctx.stage_dir("crema_labels")
     summary = write_labels(root / "processedResults" / "tabulatedVotes.csv", out, root / "VideoDemographics.csv")
     labels = pd.read_csv(out / "labels.csv", dtype={"actor": str, "age": str})
-    splits = make_splits(labels["actor"], k=3, seed=ctx.seed)
+    demographics = actor_groups(labels)
+    splits = make_splits(labels["actor"], k=3, seed=ctx.seed, demographics=demographics)
     save_splits(splits, out / "splits.csv")
     voice = [f"voice_{e}_p" for e in EMOTIONS]
     av = [f"av_{e}_p" for e in EMOTIONS]
@@ -311,6 +327,7 @@ def demo_stage(ctx) -> dict:
         "ties": summary["ties"],
         "av_positives": summary["positives"]["av"],
         "test_actors_per_split": test_sizes,
+        "test_sets_per_group": group_coverage(splits, demographics or {}),
         "voice_raters_macro_f1": result["macro_f1"],
         "headline": (f"{summary['clips']} clips, {summary['actors']} actors, 3 splits; voice raters vs AV labels "
                      f"macro-F1 {result['macro_f1']:.3f} [{result['ci']['macro_f1'][0]:.3f}, "

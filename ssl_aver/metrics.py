@@ -5,8 +5,9 @@ Conventions (papers 3 and 4, Sec. "Evaluation metrics"):
 * Multi-label: predictions and targets are normalised per row (divided by the row sum; an
   all-zero row stays zero) and a class is present when its share is strictly above 1/C
   (C = number of classes). Targets may be counts, proportions or 0/1. The comparison allows
-  1e-9 of floating-point noise (THRESHOLD_TOL), so a share of exactly 1/C (2 of 12 votes) is
-  never positive. Accuracy is then exact-match (subset) accuracy.
+  1e-6 of floating-point noise (THRESHOLD_TOL), so a share of exactly 1/C (2 of 12 votes) is
+  never positive, also when it was stored as float32 (2/12 rounds to 1/6 + 5e-9); real vote
+  shares that are above 1/C are so by at least 1e-3. Accuracy is then exact-match (subset) accuracy.
 * Multi-class: the class is the argmax of a row (of probabilities, or of targets given as
   one-hot, counts or proportions); ties go to the first class.
 * Precision, recall and F1 follow scikit-learn with zero_division=0 (a class never predicted
@@ -22,11 +23,16 @@ Conventions (papers 3 and 4, Sec. "Evaluation metrics"):
   class as a binary one-vs-rest problem, averaged over classes.
 * Bootstrap: percentile intervals (2.5-97.5 for level 0.95) over `n` resamples of the
   samples with replacement, seeded.
+* Absent groups: a fairness table can only be trusted when every group of the corpus is
+  tested. The caller passes the corpus's group values (`known_groups`, e.g. the label table's
+  sex and race columns); a group among them without a test sample is listed in the
+  attribute's `absent_groups`, named in `warnings` and logged once per evaluation.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import combinations
 from typing import Any
 
@@ -34,7 +40,9 @@ import numpy as np
 
 from ssl_aver.errors import UserError
 
-THRESHOLD_TOL = 1e-9
+log = logging.getLogger(__name__)
+
+THRESHOLD_TOL = 1e-6
 TASKS: tuple[str, ...] = ("multilabel", "multiclass")
 SCALAR_METRICS: tuple[str, ...] = (
     "accuracy", "macro_f1", "micro_f1", "weighted_f1", "macro_precision", "macro_recall",
@@ -180,6 +188,13 @@ def _group_labels(groups: Any, n: int, attr: str) -> np.ndarray:
     return np.array(["" if pd.isna(v) else str(v) for v in raw], dtype=object)
 
 
+def _group_values(values: Iterable[Any]) -> set[str]:
+    """The distinct non-missing group names among `values`, written as _group_labels writes them."""
+    import pandas as pd
+
+    return {str(v) for v in values if not pd.isna(v) and str(v) != ""}
+
+
 def parity_differences(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray) -> tuple[list[float], list[float]]:
     """Per-class DPD and EOD (fairlearn, between groups, worst case) of 0/1 indicator matrices."""
     from fairlearn.metrics import demographic_parity_difference, equalized_odds_difference
@@ -293,13 +308,15 @@ def evaluate_predictions(
     bootstrap: int = 1000,
     seed: int = 0,
     level: float = 0.95,
+    known_groups: Mapping[str, Iterable[Any]] | None = None,
 ) -> dict[str, Any]:
     """Every metric of the papers for one set of predictions, with bootstrap intervals.
 
     probs: (N, C) probabilities in [0, 1] (softmax or per-class sigmoid). targets: (N, C)
     counts, proportions or 0/1. groups: {attribute: N values} for fairness; empty or missing
-    values leave a sample out of that attribute's groups. bootstrap=0 skips the intervals.
-    Returns a JSON-ready dict (see the module docstring for the definitions).
+    values leave a sample out of that attribute's groups. known_groups: {attribute: the values
+    found in the whole corpus}, so a group with no test sample is warned about (`warnings`).
+    bootstrap=0 skips the intervals. Returns a JSON-ready dict (see the module docstring).
     """
     if task not in TASKS:
         raise UserError(f"unknown task '{task}'; choose multilabel or multiclass")
@@ -338,9 +355,18 @@ def evaluate_predictions(
             result["ci"][key] = _percentiles(np.concatenate([b[key] for b in boot]), level).tolist()
         per_class = _percentiles(np.concatenate([b["per_class_f1"] for b in boot]), level)
         result["per_class_f1_ci"] = {name: per_class[:, j].tolist() for j, name in enumerate(names)}
+    result["warnings"] = []
     if groups:
         result["fairness"] = {
             attr: _fairness(stats, y_true, y_pred, _group_labels(values, n, attr), c, weights, level)
             for attr, values in groups.items()
         }
+        for attr, report in result["fairness"].items():
+            absent = sorted(_group_values((known_groups or {}).get(attr, ())) - set(report["groups"]))
+            if absent:
+                report["absent_groups"] = absent
+                result["warnings"].append(f"{attr} group(s) {', '.join(absent)} of the corpus have no test sample: "
+                                          f"no score for them, and the {attr} bias/DPD/EOD leave them out")
+    if result["warnings"]:
+        log.warning("fairness: %s", "; ".join(result["warnings"]))
     return result

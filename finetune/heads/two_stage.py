@@ -57,7 +57,7 @@ from finetune.heads.vavl import AcousticInput, MaskedConv1d, encoder_branch, sel
 from finetune.trainer import FitResult, TrainSettings, fit
 from ssl_aver.errors import UserError
 from ssl_aver.models.blocks import AttentionLayer
-from ssl_aver.models.losses import ClassBalancedLoss
+from ssl_aver.models.losses import ClassBalancedLoss, positive_counts
 from ssl_aver.models.pooling import ASPool, LWSum
 
 MODES = ("two_stage", "one_step")
@@ -176,7 +176,7 @@ def training_counts(loader: Any, columns: slice, multilabel: bool, n_classes: in
     else:
         targets = np.concatenate([b["targets"].numpy() for b in loader])
     y = targets[:, columns]
-    return (y > 0).sum(0) if multilabel else np.bincount(y.argmax(1), minlength=n_classes)
+    return positive_counts(y) if multilabel else np.bincount(y.argmax(1), minlength=n_classes)
 
 
 class _Base(nn.Module):

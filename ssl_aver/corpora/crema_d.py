@@ -52,8 +52,9 @@ def parse_clip_name(name: str) -> dict[str, str] | None:
     return m.groupdict() if m else None
 
 
-def read_demographics(path: str | Path) -> dict[str, dict[str, str]]:
-    """ActorID -> {age, sex, race, ethnicity} from VideoDemographics.csv."""
+def read_demographics(path: str | Path) -> dict[str, dict[str, str | None]]:
+    """ActorID -> {age, sex, race, ethnicity} from VideoDemographics.csv (an empty cell is None:
+    a missing value, never a group called "nan")."""
     import pandas as pd
 
     p = Path(path)
@@ -63,8 +64,11 @@ def read_demographics(path: str | Path) -> dict[str, dict[str, str]]:
     missing = {"ActorID", "Age", "Sex", "Race", "Ethnicity"} - set(table.columns)
     if missing:
         raise UserError(f"{p} lacks columns {sorted(missing)}; is it CREMA-D's VideoDemographics.csv?")
+    def value(cell: object) -> str | None:
+        return None if pd.isna(cell) or not str(cell).strip() else str(cell).strip()
+
     return {
-        str(row.ActorID): {"age": str(row.Age), "sex": str(row.Sex), "race": str(row.Race), "ethnicity": str(row.Ethnicity)}
+        str(row.ActorID): {"age": value(row.Age), "sex": value(row.Sex), "race": value(row.Race), "ethnicity": value(row.Ethnicity)}
         for row in table.itertuples(index=False)
     }
 

@@ -15,6 +15,13 @@ and visual vectors V (face models):
     parallel     (1) AFG over A and V together
     pairwise     (2) AFG over {a} + V for every a in A, then AFG over those audio-visual vectors
     hierarchical (3) AFG over A (intra-acoustic), then AFG over that vector + V (inter-modal)
+
+They differ only with at least two acoustic vectors and at least one visual vector (paper 5
+fuses three HuBERT layers and two face models). With one acoustic vector, pairwise's top AFG
+and hierarchical's intra AFG each see a single input (softmax weight 1), so both reduce to the
+parallel AFG over {a} + V; with no visual vector, pairwise's pairs and hierarchical's top do, so
+both reduce to an AFG over A. `structures_coincide` says when; comparing or fusing the three
+structures then only compares seeds.
 """
 
 from __future__ import annotations
@@ -26,6 +33,12 @@ from ssl_aver.errors import UserError
 
 SCORINGS = ("concat", "shared")
 STRUCTURES = ("parallel", "pairwise", "hierarchical")
+
+
+def structures_coincide(n_acoustic: int, n_visual: int) -> bool:
+    """True when the three structures compute the same function (fewer than two acoustic or no
+    visual inputs; module docstring)."""
+    return n_acoustic < 2 or n_visual < 1
 
 
 class AFG(nn.Module):

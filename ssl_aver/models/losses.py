@@ -4,6 +4,9 @@
 weighted by (1 - beta) / (1 - beta^n_c), n_c = the class's training positives, and the weights
 are normalised to sum to the number of classes. With multi-label targets it is a weighted BCE;
 with single-label targets a weighted cross-entropy. beta -> 0 gives the unweighted loss.
+Multi-label targets may be 0/1 or vote shares (`data.target: distribution`, papers 3-4 train on
+the distributions): BCE takes soft targets as they are, and a class's training positives are
+counted with the papers' binarisation (`positive_counts`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,15 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
+
+
+def positive_counts(targets: np.ndarray) -> np.ndarray:
+    """Training positives per class of multi-label targets, 0/1 or vote shares: a value strictly
+    above 1/C counts (papers 3-4's binarisation; a 1 of a multi-hot row always does)."""
+    from ssl_aver.metrics import THRESHOLD_TOL
+
+    y = np.asarray(targets, dtype=np.float64)
+    return (y > 1.0 / y.shape[1] + THRESHOLD_TOL).sum(0)
 
 
 def class_balanced_weights(counts: np.ndarray, beta: float) -> torch.Tensor:

@@ -89,6 +89,28 @@ def test_raver_output_ignores_masked_frames_and_missing_modalities():
     torch.testing.assert_close(head(noisy), reference)
 
 
+@pytest.mark.parametrize("missing", ["video", "audio"])
+def test_raver_takes_nothing_from_a_missing_modality_through_cross_modal_layers_or_pooling(missing):
+    """A clip without `missing`: whatever that modality's branch computes (summarizer, cross-modal and
+    self layers, pooling), its output is the same; clips that have it do change. Guards the masks
+    after the summarizer."""
+    torch.manual_seed(0)
+    head = RAVERHead.from_config(RAVERHead.defaults() | TINY, 6, _ctx()).eval()
+    batch = _batch()
+    batch["video_mask"][0] = True
+    batch[f"{missing}_mask"][0] = False
+    other = "audio" if missing == "video" else "video"
+    branch = [getattr(head, name) for name in (f"{missing}_proj", f"summarize_{missing}", f"{missing}_from_{other}", f"{missing}_self", f"pool_{missing}")]
+    with torch.no_grad():
+        reference = head(batch)
+        for module in branch:
+            for parameter in module.parameters():
+                parameter.add_(torch.randn_like(parameter))
+        changed = head(batch)
+    torch.testing.assert_close(changed[0], reference[0])
+    assert not torch.allclose(changed[1:], reference[1:], atol=1e-3)
+
+
 def test_raver_modality_dropout_rates():
     torch.manual_seed(0)
     head = RAVERHead.from_config(RAVERHead.defaults() | TINY, 6, _ctx())

@@ -1,4 +1,5 @@
-"""AFG: softmax weights over the present features sum to 1 per sample; the three structures."""
+"""AFG: softmax weights over the present features sum to 1 per sample; the three structures, and
+when they coincide."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from ssl_aver.errors import UserError
-from ssl_aver.models.afg import AFG, AFGFusion
+from ssl_aver.models.afg import AFG, STRUCTURES, AFGFusion, structures_coincide
 
 
 @pytest.mark.parametrize("scoring", ["concat", "shared"])
@@ -59,3 +60,34 @@ def test_fusion_rejects_unknown_structure_and_missing_acoustic():
         AFGFusion("serial", 2, 1, 8)
     with pytest.raises(UserError, match="acoustic"):
         AFGFusion("pairwise", 0, 2, 8)
+
+
+def _same_weights_outputs(n_acoustic: int, n_visual: int) -> dict[str, torch.Tensor]:
+    """Each structure's fused vectors with every AFG scoring by one and the same Linear(D, 1)."""
+    torch.manual_seed(0)
+    shared = torch.nn.Linear(8, 1)
+    a, v = torch.randn(5, n_acoustic, 8), torch.randn(5, n_visual, 8)
+    present_a, present_v = torch.ones(5, n_acoustic, dtype=torch.bool), torch.ones(5, n_visual, dtype=torch.bool)
+    out = {}
+    for structure in STRUCTURES:
+        fusion = AFGFusion(structure, n_acoustic, n_visual, dim=8, scoring="shared")
+        for module in fusion.modules():
+            if isinstance(module, AFG):
+                module.score.load_state_dict(shared.state_dict())
+        out[structure] = fusion(a, v, present_a, present_v)[0]
+    return out
+
+
+@pytest.mark.parametrize("counts", [(1, 1), (1, 3), (3, 0)])
+def test_structures_coincide_below_two_acoustic_and_one_visual_inputs(counts):
+    out = _same_weights_outputs(*counts)
+    assert structures_coincide(*counts)
+    assert torch.allclose(out["pairwise"], out["parallel"], atol=1e-6) and torch.allclose(out["hierarchical"], out["parallel"], atol=1e-6)
+
+
+@pytest.mark.parametrize("counts", [(2, 2), (3, 2), (3, 1)])
+def test_structures_differ_with_several_acoustic_inputs_and_a_visual_one(counts):
+    out = _same_weights_outputs(*counts)
+    assert not structures_coincide(*counts)
+    for first, second in (("parallel", "pairwise"), ("parallel", "hierarchical"), ("pairwise", "hierarchical")):
+        assert (out[first] - out[second]).abs().max() > 1e-3, (first, second)

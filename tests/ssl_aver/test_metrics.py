@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import logging
+
 import numpy as np
 import pytest
 from sklearn import metrics as skm
@@ -125,6 +128,23 @@ def test_fairness_per_group_and_parity_by_hand() -> None:
     assert sex["dpd_per_class"] == [1.0, 1.0] and sex["eod_per_class"] == [1.0, 1.0]
     race = r["fairness"]["race"]
     assert race["n_missing"] == 1 and race["bias"] is None and list(race["groups"]) == ["x"]
+
+
+def test_a_corpus_group_without_test_samples_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.4, 0.6]])
+    targets = np.array([[1, 0], [1, 0], [0, 1], [0, 1]])
+    groups = {"sex": ["a", "a", "b", "b"], "race": ["x", "x", "y", None]}
+    corpus = {"sex": np.array(["a", "b", "a"], dtype=object), "race": np.array(["x", "y", "z", "Asian", None, float("nan")], dtype=object)}
+    with caplog.at_level(logging.WARNING, logger="ssl_aver.metrics"):
+        r = evaluate_predictions(probs, targets, "multiclass", ["c0", "c1"], groups=groups, bootstrap=0, known_groups=corpus)
+    assert r["fairness"]["race"]["absent_groups"] == ["Asian", "z"] and "absent_groups" not in r["fairness"]["sex"]
+    assert len(r["warnings"]) == 1 and "race group(s) Asian, z" in r["warnings"][0]
+    assert [rec.getMessage() for rec in caplog.records] == ["fairness: " + r["warnings"][0]]
+    json.dumps(r)
+    # every group tested, or no corpus groups given: nothing to warn about
+    assert evaluate_predictions(probs, targets, "multiclass", ["c0", "c1"], groups=groups, bootstrap=0,
+                                known_groups={"sex": ["a", "b"]})["warnings"] == []
+    assert evaluate_predictions(probs, targets, "multiclass", ["c0", "c1"], groups=groups, bootstrap=0)["warnings"] == []
 
 
 def test_parity_matches_fairlearn_averaged_over_classes() -> None:
