@@ -44,11 +44,14 @@ class TaskData:
     """
 
     labels: Any  # pandas.DataFrame: clip, actor, demographics, target columns
-    classes: list[str]
+    classes: list[str]  # class names, or attribute names of a regression task
     targets: list[str]
-    task: str  # multiclass | multilabel (distribution targets are multi-label shares)
+    task: str  # multiclass | multilabel (distribution targets are multi-label shares) | regression
     dropped: list[dict[str, str]]
     extra: dict[str, list[str]] = field(default_factory=dict)
+    #: {"audio"|"video": {clip: path}} of a manifest corpus (features are extracted from exactly
+    #: these files); None for a CREMA-D folder, whose layout the extractors read themselves
+    media: dict[str, dict[str, str]] | None = None
 
     @property
     def all_targets(self) -> list[str]:
@@ -141,6 +144,57 @@ def crema_d_task(
         table = join_clip_columns(table, clip_columns)
     extra_columns = {name: EXTRA_TARGETS[name](table, task) for name in extra}
     return TaskData(table, list(EMOTIONS), targets, "multilabel" if task == "distribution" else task, dropped, extra_columns)
+
+
+def load_task(data: Any) -> TaskData:
+    """The task of a recipe's `data:` node: CREMA-D from its folder, or any registered corpus
+    (`data.corpus`, options in `data.options`) through its manifest (`ssl_aver.corpora`)."""
+    name, extra, clip_columns = str(data.get("corpus") or "crema_d"), list(data.get("extra_targets") or []), data.get("clip_columns")
+    if name == "crema_d":
+        return crema_d_task(
+            data.root, data.get("condition", "av"), data.target, data.get("tie_break", "intensity"), data.get("votes"), data.get("demographics"),
+            extra=extra, clip_columns=clip_columns,
+        )
+    from ssl_aver.corpora.labelled import prepare_corpus
+
+    if extra:
+        raise UserError(f"data.extra_targets is for CREMA-D's rating conditions; corpus '{name}' has none")
+    corpus = prepare_corpus(name, str(data.root), **dict(data.get("options") or {}))
+    task = corpus_task(corpus, str(data.target), data.get("target_set"))
+    if clip_columns is not None:
+        task.labels = join_clip_columns(task.labels, clip_columns)
+    return task
+
+
+def corpus_task(corpus: Any, target: str, target_set: str | None = None) -> TaskData:
+    """The task of a labelled corpus for target kind `target` (group `target_set`, or its only one).
+
+    Distribution targets become a multi-label task (as for CREMA-D); regression targets keep the
+    corpus's scale. Clips without a label of that kind are dropped with their reason.
+    """
+    offered = corpus.targets.get(target)
+    if not offered:
+        raise UserError(f"corpus '{corpus.name}' offers no {target} target; it offers: {', '.join(sorted(corpus.targets)) or 'none'}")
+    if target_set is None and len(offered) > 1:
+        raise UserError(f"corpus '{corpus.name}' offers several {target} targets {sorted(offered)}; choose one with data.target_set")
+    group = str(target_set) if target_set is not None else next(iter(offered))
+    if group not in offered:
+        raise UserError(f"data.target_set '{group}' is not a {target} target of corpus '{corpus.name}'; choose from {sorted(offered)}")
+    columns = list(offered[group])
+    table = corpus.clips.rename(columns={"speaker": "actor"}).copy()
+    dropped = [{"clip": str(f.get("clip", f.get("line", ""))), "reason": str(f.get("reason", ""))} for f in corpus.failures]
+    missing = table[columns].isna().any(axis=1)
+    if target in ("multilabel", "distribution"):
+        missing |= table[columns].sum(axis=1) <= 0
+    for clip in table.loc[missing, "clip"]:
+        dropped.append({"clip": str(clip), "reason": f"no {target} label ({group})"})
+    table = table[~missing].reset_index(drop=True)
+    if table.empty:
+        raise UserError(f"no clip of corpus '{corpus.name}' under {corpus.root} has a {target} label ({group})")
+    names = columns if target == "regression" else list(corpus.classes)
+    media = {m: {str(c): str(p) for c, p in zip(table["clip"], table[m]) if p} for m in ("audio", "video")}
+    kind = "multilabel" if target == "distribution" else target
+    return TaskData(table, names, columns, kind, dropped, media=media)
 
 
 def join_clip_columns(table: Any, path: str | Path) -> Any:

@@ -147,7 +147,7 @@ def _run_scale(run: Path) -> tuple[float, float]:
 def fuse_runs(runs: Sequence[str | Path], step: float = 0.1) -> dict[str, Any]:
     """Decision-level fusion of finished MER runs (same data and splits): per split of the runs'
     config (`run_split_ids`), weights chosen on dev and test scores; plus mean/std over splits."""
-    from finetune.data import crema_d_task
+    from finetune.data import load_task
 
     dirs = [Path(r) for r in runs]
     ids = run_split_ids(dirs[0])
@@ -163,10 +163,7 @@ def fuse_runs(runs: Sequence[str | Path], step: float = 0.1) -> dict[str, Any]:
     if len(splits_sha) > 1:
         raise UserError(f"the runs {[str(d) for d in dirs]} were made on different speaker splits (inputs.json splits_sha256); "
                         "rerun them with the same splits.seed / splits.file")
-    task = crema_d_task(
-        cfg.data.root, cfg.data.condition, cfg.data.target, cfg.data.tie_break, cfg.data.votes, cfg.data.demographics,
-        extra=list(cfg.data.extra_targets), clip_columns=cfg.data.get("clip_columns"),
-    )
+    task = load_task(cfg.data)
     if task.task != "multiclass":
         raise UserError("decision-level fusion scores single-label emotions (data.target=multiclass)")
     labels = task.labels.set_index("clip")

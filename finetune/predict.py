@@ -285,7 +285,7 @@ class Predictor:
         """Run one batch of ready units through the head; fills each unit's outputs."""
         import torch
 
-        from finetune.trainer import move
+        from finetune.trainer import activate, move
 
         names = [f"{u.clip}#{i}" for i, u in enumerate(units)]
         if self.waveform:
@@ -306,7 +306,7 @@ class Predictor:
         with torch.no_grad():
             out = self.model(move(batch, self.device))
         logits = out["logits"] if isinstance(out, dict) else out
-        probs = (torch.sigmoid(logits) if self.task == "multilabel" else torch.softmax(logits, dim=-1)).float().cpu().numpy()
+        probs = activate(logits, self.task).float().cpu().numpy()
         extras = {k: v.detach().float().cpu().numpy().reshape(len(units), -1) for k, v in out.items() if k != "logits"} if isinstance(out, dict) else {}
         for row, unit in enumerate(units):
             unit.outputs = {"probs": probs[row], **{k: v[row] for k, v in extras.items()}}
@@ -320,8 +320,11 @@ class Predictor:
         if unit.error is not None:
             return {**row, "modalities": unit.condition, "probabilities": {}, "top": None, "error": unit.error}
         probs = unit.outputs["probs"]
-        row.update({"modalities": unit.condition, "probabilities": {c: float(p) for c, p in zip(self.classes, probs)},
-                    "top": self.classes[int(np.argmax(probs))]})
+        if self.task == "regression":
+            row.update({"modalities": unit.condition, "attributes": {c: float(v) for c, v in zip(self.classes, probs)}, "top": None})
+        else:
+            row.update({"modalities": unit.condition, "probabilities": {c: float(p) for c, p in zip(self.classes, probs)},
+                        "top": self.classes[int(np.argmax(probs))]})
         if self.task == "multilabel":
             row["labels"] = [c for c, on in zip(self.classes, binarize(probs[None])[0]) if on]
         for name, values in unit.outputs.items():
@@ -418,20 +421,22 @@ def load(run_dir: str | Path, split: int = 0, device: str = "auto", batch_size: 
 
 
 def to_frame(rows: Sequence[dict[str, Any]], classes: Sequence[str]) -> Any:
-    """The rows as a table: clip, path, [window, start, end,] one probability column per emotion,
-    top, [labels (';'-joined),] modalities, [other outputs,] error."""
+    """The rows as a table: clip, path, [window, start, end,] one probability column per emotion
+    (one value column per attribute for a regression run), top, [labels (';'-joined),]
+    modalities, [other outputs,] error."""
     import pandas as pd
 
     records = []
     for row in rows:
         record = {k: row[k] for k in ("clip", "path", "window", "start", "end") if k in row}
-        record.update({c: row["probabilities"].get(c, math.nan) for c in classes})
+        values = row.get("attributes", row.get("probabilities", {}))
+        record.update({c: values.get(c, math.nan) for c in classes})
         record["top"] = row["top"]
         if "labels" in row or any("labels" in r for r in rows):
             record["labels"] = ";".join(row.get("labels") or [])
         record["modalities"] = row["modalities"]
         for key, value in row.items():
-            if key not in RESERVED_COLUMNS and key != "probabilities":
+            if key not in RESERVED_COLUMNS and key not in ("probabilities", "attributes"):
                 if isinstance(value, list):
                     record.update({f"{key}_{i}": v for i, v in enumerate(value)})
                 else:

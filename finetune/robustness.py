@@ -354,11 +354,9 @@ class LoadedRun:
         """The run's label table, rebuilt from every data option fine-tuning used (checked against inputs.json)."""
         from ssl_aver import provenance
 
-        from finetune.data import crema_d_task
+        from finetune.data import load_task
 
-        d = self.cfg.data
-        task = crema_d_task(d.root, d.condition, d.target, d.tie_break, d.votes, d.demographics,
-                            extra=list(d.extra_targets), clip_columns=d.clip_columns)
+        task = load_task(self.cfg.data)
         trained = self.inputs.get("labels_sha256")
         if trained and provenance.digest(task.labels.to_csv(index=False)) != trained:
             raise UserError(f"run {self.path} is stale: the labels rebuilt from its config.yaml differ from those it was trained on "
@@ -467,8 +465,9 @@ def evaluate_run(run: LoadedRun, cfg: DictConfig, device: torch.device) -> dict[
     points = conditions(cfg, run.head_cls.inputs)
     seeds = [int(s) for s in cfg.seeds] or [0]
     ids = run.split_ids(cfg.splits)
-    multilabel = run.task.task == "multilabel"  # distribution targets are multi-label too
-    task_kind = run.task.task
+    task_kind = run.task.task  # distribution targets are multi-label too
+    if task_kind == "regression":
+        raise UserError(f"run {run.path} is a regression run; the robustness suite scores emotion classes (F1, Brier) only")
     classes = list(run.task.classes)
     computed: dict[str, Condition] = {}
     for p in points:
@@ -493,7 +492,7 @@ def evaluate_run(run: LoadedRun, cfg: DictConfig, device: torch.device) -> dict[
                         if batch.get(f"{m}_mask") is not None:
                             frames_seen[key][m][0] += int(drops[m].sum()) if m in drops else 0
                             frames_seen[key][m][1] += int(batch[f"{m}_mask"].sum())
-                    _, probs = predict(split.model, [apply_fill(batch, drops, point.fill)], device, multilabel)
+                    _, probs = predict(split.model, [apply_fill(batch, drops, point.fill)], device, task_kind)
                     bad = ~np.isfinite(probs).all(axis=1)
                     nonfinite[key] += int(bad.sum())
                     probs[bad] = 1.0 / probs.shape[1]

@@ -45,6 +45,12 @@ DEFAULTS: dict[str, Any] = {
     "freeze_encoder": False,
     "progress": True,
     "data": {
+        # crema_d (a CREMA-D folder) or any corpus of ssl_aver.corpora.labelled.CORPORA (msp_improv,
+        # msp_podcast, mer2023, csv), read through its manifest with `options`; `target_set` picks the
+        # target group when a corpus offers several of the kind `target`
+        "corpus": "crema_d",
+        "options": None,
+        "target_set": None,
         "root": None,
         "votes": None,
         "demographics": None,
@@ -62,7 +68,9 @@ DEFAULTS: dict[str, Any] = {
     # protocol random (paper 1's repeated partitions) or kfold (every actor tested once), stratified by the
     # label table's `strata` columns (ssl_aver.splits); allow_shared_speakers admits a clip-level file that is not speaker independent
     "splits": {"k": 20, "seed": 0, "file": None, "fractions": [0.7, 0.15, 0.15], "protocol": "random", "strata": ["race", "sex"],
-               "allow_shared_speakers": False},
+               "allow_shared_speakers": False,
+               # protocol corpus: the corpus's own partitions, named -> train/dev/test (MSP-Podcast, MER2023)
+               "partitions": {"Train": "train", "Development": "dev", "Test1": "test", "train": "train", "dev": "dev", "test": "test"}},
     "train": {
         "epochs": 20,
         "pretrained_epochs": 5,
@@ -74,6 +82,7 @@ DEFAULTS: dict[str, Any] = {
         "lr_patience": 5,
         "lr_factor": 0.1,
         "early_stop_patience": 10,
+        "regression_loss": "ccc",
         "max_steps": None,
         "grad_clip": 0.0,
         "num_workers": 0,
@@ -108,7 +117,7 @@ def build_config(config: str | Path | None, overrides: Sequence[str] = ()) -> Di
     defaults = {**DEFAULTS, "model": head_class(str(head)).defaults()}
     cfg = load_config(config, overrides, defaults)
     if not cfg.data.root:
-        raise UserError("data.root is not set: give a CREMA-D-layout folder (AudioWAV/, processedResults/tabulatedVotes.csv), e.g. data.root=/data/CREMA-D")
+        raise UserError("data.root is not set: give the corpus folder (CREMA-D: AudioWAV/, processedResults/tabulatedVotes.csv), e.g. data.root=/data/CREMA-D")
     if not Path(cfg.data.root).is_dir():
         raise UserError(f"data.root not found: {cfg.data.root}")
     if cfg.encoder is not None and not Path(cfg.encoder).is_dir():
@@ -131,6 +140,12 @@ def _splits(cfg: DictConfig, labels: Any) -> list[dict[str, str]]:
     stratified by the label table's `splits.strata` columns so every test set holds each sex and race."""
     from ssl_aver.splits import ClipSplit, actor_groups, check_speaker_independent, load_splits, make_splits
 
+    if str(cfg.splits.protocol) == "corpus":
+        return [corpus_partition(labels, dict(cfg.splits.partitions))]
+    unknown = int(labels["actor"].isna().sum())
+    if unknown:
+        raise UserError(f"{unknown} clips have no speaker id, so speaker-independent splits cannot place them; "
+                        "use splits.protocol=corpus (the corpus's own partitions) or a splits.file")
     actors = sorted(labels["actor"].astype(str).unique())
     if cfg.splits.file:
         splits = load_splits(cfg.splits.file)[: int(cfg.splits.k)]
@@ -147,6 +162,21 @@ def _splits(cfg: DictConfig, labels: Any) -> list[dict[str, str]]:
                        actor_groups(labels, strata), strata)
 
 
+def corpus_partition(labels: Any, names: dict[str, str]) -> Any:
+    """The corpus's own partition as one clip-level split (`splits.protocol: corpus`): each clip's
+    `partition` mapped to train / dev / test by `splits.partitions`; unmapped partitions are left out."""
+    from ssl_aver.splits import ClipSplit
+
+    if "partition" not in labels.columns or labels["partition"].isna().all():
+        raise UserError("splits.protocol=corpus needs a corpus with its own partitions (MSP-Podcast, MER2023, a csv with a partition column)")
+    sets = {str(c): names[str(p)] for c, p in zip(labels["clip"], labels["partition"]) if str(p) in names}
+    found = set(sets.values())
+    if not {"train", "dev", "test"} <= found:
+        present = sorted(labels["partition"].dropna().astype(str).unique())
+        raise UserError(f"splits.partitions {names} gives no {sorted({'train', 'dev', 'test'} - found)} set from the corpus partitions {present}")
+    return ClipSplit(sets, dict(zip(labels["clip"].astype(str), labels["actor"].astype(str))))
+
+
 def write_shared_splits(base: DictConfig, k: int, seed: int, path: Path) -> Path:
     """The K partitions every system of a table uses, from the labels and `splits` node of recipe `base`.
 
@@ -157,10 +187,10 @@ def write_shared_splits(base: DictConfig, k: int, seed: int, path: Path) -> Path
     """
     from omegaconf import OmegaConf
 
-    from finetune.data import crema_d_task
+    from finetune.data import load_task
     from ssl_aver.splits import save_splits
 
-    task = crema_d_task(base.data.root, base.data.condition, base.data.target, base.data.tie_break, base.data.votes, base.data.demographics)
+    task = load_task(base.data)
     given = base.splits.file if base.splits.file and Path(base.splits.file).resolve() != Path(path).resolve() else None
     cfg = OmegaConf.merge(base, {"splits": {"k": int(k), "seed": int(seed), "file": given}})
     save_splits(_splits(cfg, task.labels), path)
@@ -196,8 +226,9 @@ def inputs_record(cfg: DictConfig, task: Any, stores: dict[str, Path], splits: l
     }
 
 
-def feature_store(cfg: DictConfig, modality: str, out: Path) -> Path:
-    """The store of one modality: given (`features.<m>.store`) or extracted once into the cache."""
+def feature_store(cfg: DictConfig, modality: str, out: Path, media: dict[str, str] | None = None) -> Path:
+    """The store of one modality: given (`features.<m>.store`) or extracted once into the cache
+    (from `media`, clip -> file, when the corpus is read through a manifest)."""
     from ssl_aver.features.extract import extract_features
 
     node = cfg.features[modality]
@@ -207,7 +238,10 @@ def feature_store(cfg: DictConfig, modality: str, out: Path) -> Path:
         return Path(node.store)
     config = _recipe_path(str(node.config))
     cache = Path(cfg.features.cache) if cfg.features.cache else out / "features"
-    summary = extract_features(cfg.data.root, cache / config.stem, config_path=str(config), overrides=list(node.overrides), progress=bool(cfg.progress))
+    clips = sorted(media.items()) if media is not None else None
+    summary = extract_features(
+        cfg.data.root, cache / config.stem, config_path=str(config), overrides=list(node.overrides), progress=bool(cfg.progress), clips=clips,
+    )
     return Path(summary["store"])
 
 
@@ -237,14 +271,39 @@ def _train_stats(dataset: Any) -> tuple[np.ndarray, np.ndarray] | None:
     return mean.astype(np.float32), np.maximum(std, 1e-6).astype(np.float32)
 
 
-def default_loss(task: str, n_classes: int):
-    """Cross-entropy on the argmax class (single label) or BCE on the multi-hot targets.
+def default_loss(task: str, n_classes: int, regression_loss: str = "ccc"):
+    """Cross-entropy on the argmax class (single label), BCE on the multi-hot targets or shares, or
+    for regression 1 - mean CCC over the attributes (paper 2) or their MSE (`train.regression_loss`).
 
-    Only the primary target columns count (batches may carry extra targets after them).
+    Only the primary target columns count (batches may carry extra targets after them). The CCC
+    loss is marked `corpus_level`: the dev criterion (model selection) is then 1 - CCC over the
+    whole dev set, not a mean over batches.
     """
     if task == "multiclass":
         return lambda logits, targets: torch.nn.functional.cross_entropy(logits, targets[:, :n_classes].argmax(dim=1))
+    if task == "regression":
+        if regression_loss not in REGRESSION_LOSSES:
+            raise UserError(f"train.regression_loss must be one of {REGRESSION_LOSSES}, got {regression_loss!r}")
+        if regression_loss == "mse":
+            return lambda outputs, targets: torch.nn.functional.mse_loss(outputs, targets[:, :n_classes])
+
+        def ccc_loss(outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+            return concordance_loss(outputs, targets[:, :n_classes])
+
+        ccc_loss.corpus_level = True  # type: ignore[attr-defined]
+        return ccc_loss
     return lambda logits, targets: torch.nn.functional.binary_cross_entropy_with_logits(logits, targets[:, :n_classes])
+
+
+REGRESSION_LOSSES = ("ccc", "mse")
+
+
+def concordance_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """1 - mean over attributes (columns) of Lin's CCC with population moments."""
+    pm, tm = pred.mean(0), target.mean(0)
+    cov = ((pred - pm) * (target - tm)).mean(0)
+    ccc = 2 * cov / (pred.var(0, unbiased=False) + target.var(0, unbiased=False) + (pm - tm) ** 2 + 1e-8)
+    return 1.0 - ccc.mean()
 
 
 def _aggregate(per_split: list[dict[str, Any]]) -> dict[str, Any]:
@@ -271,7 +330,8 @@ def _predictions_frame(clips: list[str], probs: np.ndarray, outputs: dict[str, n
 
 
 def _markdown(cfg: DictConfig, summary: dict[str, Any]) -> str:
-    lines = [f"# {cfg.head} on CREMA-D ({cfg.data.condition} ratings, {cfg.data.target}), {len(summary['splits'])} splits", ""]
+    corpus = f"CREMA-D ({cfg.data.condition} ratings, {cfg.data.target})" if cfg.data.corpus == "crema_d" else f"{cfg.data.corpus} ({cfg.data.target})"
+    lines = [f"# {cfg.head} on {corpus}, {len(summary['splits'])} splits", ""]
     for modality, overall in summary["by_modality"].items():
         lines += [f"## test condition: {modality}", "", "| metric | mean | std |", "| --- | --- | --- |"]
         lines += [f"| {key} | {value['mean']:.4f} | {value['std']:.4f} |" for key, value in overall.items()]
@@ -300,8 +360,6 @@ def split_setup(
     """Label parts, datasets and the head's BuildContext of split `k` (finetune and robustness share it)."""
     from ssl_aver.splits import apply_split
 
-    from ssl_aver.models.losses import positive_counts
-
     from finetune.heads import BuildContext
 
     parts = apply_split(task.labels, split)
@@ -314,10 +372,21 @@ def split_setup(
         n_classes=len(task.classes), task=task.task, encoder_dir=cfg.encoder,
         audio_shape=getattr(data["train"], "audio_shape", None), video_shape=getattr(data["train"], "video_shape", None),
         audio_stats=None if wave or cfg.encoder else _train_stats(data["train"]),
-        class_counts=positive_counts(train_targets) if task.task == "multilabel" else np.bincount(train_targets.argmax(1), minlength=len(task.classes)),
+        class_counts=_class_counts(task, train_targets),
         extra={"target_layout": task.target_layout(), "train_labels": parts["train"]},
     )
     return parts, data, ctx
+
+
+def _class_counts(task: Any, train_targets: np.ndarray) -> np.ndarray:
+    """Training positives per class (class-balanced losses); none for regression."""
+    from ssl_aver.models.losses import positive_counts
+
+    if task.task == "multilabel":
+        return positive_counts(train_targets)
+    if task.task == "regression":
+        return np.zeros(len(task.classes))
+    return np.bincount(train_targets.argmax(1), minlength=len(task.classes))
 
 
 def _inference_record(cfg: DictConfig, task: Any, stores: dict[str, Path], wave: bool) -> dict[str, Any]:
@@ -369,9 +438,9 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
     """
     from safetensors.torch import save_file
 
-    from ssl_aver.metrics import evaluate_predictions
+    from ssl_aver.metrics import evaluate_predictions, evaluate_regression
 
-    from finetune.data import crema_d_task
+    from finetune.data import load_task
     from finetune.heads import head_class
     from finetune.heads.ser import encoder_kind
     from finetune.trainer import fit, predict_outputs
@@ -391,21 +460,23 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
     seed_everything(int(cfg.seed))
     device = _device(str(cfg.device))
     head_cls = head_class(str(cfg.head))
-    task = crema_d_task(
-        cfg.data.root, cfg.data.condition, cfg.data.target, cfg.data.tie_break, cfg.data.votes, cfg.data.demographics,
-        extra=list(cfg.data.extra_targets), clip_columns=cfg.data.clip_columns,
-    )
+    task = load_task(cfg.data)
+    supported = getattr(head_cls, "tasks", ("multiclass", "multilabel"))
+    if task.task not in supported:
+        raise UserError(f"head '{cfg.head}' does not support {task.task} targets (it supports {', '.join(supported)}); choose another data.target or head")
     wave = bool(cfg.encoder) and encoder_kind(cfg.encoder) == "wav2vec2"
     if wave and head_cls.inputs != ("audio",):
         raise UserError(f"head '{cfg.head}' cannot take a wav2vec2 encoder; use a feature store (features.audio) instead")
     stores: dict[str, Path] = {}
     paths: dict[str, str] = {}
-    if wave:
+    if wave and task.media is not None:
+        paths = dict(task.media["audio"])
+    elif wave:
         from ssl_aver.corpora.crema_d import read_crema_d
 
         paths = {c.clip: c.audio for c in read_crema_d(cfg.data.root).clips if c.audio}
     else:
-        stores = {m: feature_store(cfg, m, out) for m in head_cls.inputs}
+        stores = {m: feature_store(cfg, m, out, None if task.media is None else task.media[m]) for m in head_cls.inputs}
     splits = _splits(cfg, task.labels)
     # A split is finished once its metrics.json (written last) exists; it is reused only when the
     # run's inputs are unchanged, and stale splits (other inputs, --force) are removed first.
@@ -420,7 +491,6 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
     save_splits(splits, out / "splits.csv")
     write_json(out / "inference.json", _inference_record(cfg, task, stores, wave))
     groups_cols = [g for g in cfg.eval.groups if g in task.labels.columns]
-    multilabel = task.task == "multilabel"
     batch, workers = int(cfg.train.batch_size), int(cfg.train.num_workers)
     per_split: list[dict[str, Any]] = []
     for k, split in enumerate(tqdm(splits, desc=f"{cfg.head} splits", disable=not cfg.progress)):
@@ -434,31 +504,35 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
         if cfg.freeze_encoder and hasattr(model, "branch"):
             for p in model.branch.parameters():
                 p.requires_grad_(False)
-        loss_fn = getattr(model, "loss", None) or default_loss(task.task, len(task.classes))
+        loss_fn = getattr(model, "loss", None) or default_loss(task.task, len(task.classes), str(cfg.train.regression_loss))
         loaders = (_loader(data["train"], batch, True, int(cfg.seed) + k, workers), _loader(data["dev"], batch, False, 0, workers))
         trainer = getattr(model, "fit", None)
         result = (trainer or (lambda *a, **kw: fit(model, *a, **kw)))(*loaders, loss_fn=loss_fn, settings=settings, device=device, progress=bool(cfg.progress))
         metrics: dict[str, Any] = {}
         hook = getattr(model, "extra_metrics", None)
         if cfg.eval.dev_predictions:
-            clips, probs, outputs = predict_outputs(model, loaders[1], device, multilabel, modality=head_cls.eval_modalities[0])
+            clips, probs, outputs = predict_outputs(model, loaders[1], device, task.task, modality=head_cls.eval_modalities[0])
             write_dataframe(split_dir / "predictions_dev.csv", _predictions_frame(clips, probs, outputs, task.classes))
         for modality in head_cls.eval_modalities:
-            clips, probs, outputs = predict_outputs(model, _loader(data["test"], batch, False, 0, workers), device, multilabel, modality=modality)
+            clips, probs, outputs = predict_outputs(model, _loader(data["test"], batch, False, 0, workers), device, task.task, modality=modality)
             test = parts["test"].set_index("clip").loc[clips]
-            scores = evaluate_predictions(
-                probs, test[task.targets].to_numpy(np.float32), task.task, task.classes,
-                groups={g: test[g].to_numpy(dtype=object) for g in groups_cols} or None,
-                known_groups={g: task.labels[g].to_numpy(dtype=object) for g in groups_cols},
-                bootstrap=int(cfg.eval.bootstrap), seed=int(cfg.seed) + k,
-            )
+            if task.task == "regression":
+                scores = evaluate_regression(probs, test[task.targets].to_numpy(np.float64), task.classes, int(cfg.eval.bootstrap), int(cfg.seed) + k)
+            else:
+                scores = evaluate_predictions(
+                    probs, test[task.targets].to_numpy(np.float32), task.task, task.classes,
+                    groups={g: test[g].to_numpy(dtype=object) for g in groups_cols} or None,
+                    known_groups={g: task.labels[g].to_numpy(dtype=object) for g in groups_cols},
+                    bootstrap=int(cfg.eval.bootstrap), seed=int(cfg.seed) + k,
+                )
             added = hook(probs, outputs, test, scores) if hook is not None else {}
             scores.update(added)
             suffix = "" if modality == head_cls.eval_modalities[0] else f"_{modality}"
             write_dataframe(split_dir / f"predictions{suffix}.csv", _predictions_frame(clips, probs, outputs, task.classes))
             if not metrics:
                 metrics = {**scores, "modalities": {}}
-            metrics["modalities"][modality] = {key: scores[key] for key in (*SUMMARY_METRICS, *added) if key in scores}
+            keys = [key for key, value in scores.items() if isinstance(value, float)] if task.task == "regression" else [*SUMMARY_METRICS, *added]
+            metrics["modalities"][modality] = {key: scores[key] for key in keys if key in scores}
         metrics.update({"split": k, "best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history})
         weights = split_dir / "model.safetensors"
         save_file({n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()}, str(weights.with_suffix(".tmp")))
@@ -470,13 +544,14 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
         "head": str(cfg.head),
         "encoder": cfg.encoder,
         "task": task.task,
+        "corpus": str(cfg.data.corpus),
         "condition": str(cfg.data.condition),
         "clips": len(task.labels),
         "stores": {m: str(p) for m, p in stores.items()},
         "dropped": task.dropped,
         # per split: its scores, the test set's actors per group (sex, race, ...) and its fairness warnings
         "splits": [
-            {**{k: m[k] for k in ("split", "best_epoch", "macro_f1", "micro_f1", "accuracy")},
+            {**{k: m[k] for k in ("split", "best_epoch", "macro_f1", "micro_f1", "accuracy", "ccc") if k in m},
              "test_actors": groups_in_test(task.labels, splits[m["split"]], groups_cols), "warnings": m.get("warnings", [])}
             for m in per_split
         ],

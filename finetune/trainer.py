@@ -119,15 +119,26 @@ def move(batch: Batch, device: torch.device) -> Batch:
 
 
 def _epoch_loss(model: nn.Module, loader, loss_fn, device: torch.device) -> float:
+    """Mean dev loss over the clips; a `corpus_level` loss (1 - CCC) is computed once over the
+    whole dev set, since CCC is not a mean of per-batch values."""
     model.eval()
     total, count = 0.0, 0
+    outputs: list[torch.Tensor] = []
+    targets: list[torch.Tensor] = []
+    whole = getattr(loss_fn, "corpus_level", False)
     with torch.no_grad():
         for batch in loader:
             batch = move(batch, device)
             logits = model(batch)
+            if whole:
+                outputs.append(logits)
+                targets.append(batch["targets"])
+                continue
             n = len(batch["clips"])
             total += float(loss_fn(logits, batch["targets"])) * n
             count += n
+    if whole:
+        return float(loss_fn(torch.cat(outputs), torch.cat(targets))) if outputs else math.inf
     return total / max(count, 1)
 
 
@@ -198,16 +209,25 @@ def keep_modality(batch: Batch, modality: str) -> Batch:
     return out
 
 
-def predict(model: nn.Module, loader, device: torch.device, multilabel: bool, modality: str = "av") -> tuple[list[str], np.ndarray]:
-    """Clip ids and class probabilities (softmax, or sigmoid for multi-label heads)."""
-    clips, probs, _ = predict_outputs(model, loader, device, multilabel, modality)
+def activate(logits: torch.Tensor, task: str) -> torch.Tensor:
+    """Head outputs as predictions: softmax (multiclass), sigmoid (multilabel), as they are (regression)."""
+    if task == "multilabel":
+        return torch.sigmoid(logits)
+    if task == "regression":
+        return logits
+    return torch.softmax(logits, dim=-1)
+
+
+def predict(model: nn.Module, loader, device: torch.device, task: str, modality: str = "av") -> tuple[list[str], np.ndarray]:
+    """Clip ids and predictions (class probabilities, or attribute values for regression)."""
+    clips, probs, _ = predict_outputs(model, loader, device, task, modality)
     return clips, probs
 
 
 def predict_outputs(
-    model: nn.Module, loader, device: torch.device, multilabel: bool, modality: str = "av",
+    model: nn.Module, loader, device: torch.device, task: str, modality: str = "av",
 ) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
-    """Clip ids, class probabilities and the head's other per-clip outputs.
+    """Clip ids, predictions (`activate`) and the head's other per-clip outputs.
 
     A head's forward returns class logits [B, C], or a dict holding them as "logits" beside
     other per-clip outputs ([B] or [B, k] tensors, e.g. MER's valence estimate): those come
@@ -222,8 +242,7 @@ def predict_outputs(
             batch = keep_modality(move(batch, device), modality)
             out = model(batch)
             logits = out["logits"] if isinstance(out, dict) else out
-            p = torch.sigmoid(logits) if multilabel else torch.softmax(logits, dim=-1)
-            probs.append(p.float().cpu().numpy())
+            probs.append(activate(logits, task).float().cpu().numpy())
             if isinstance(out, dict):
                 for name, value in out.items():
                     if name != "logits":

@@ -195,7 +195,7 @@ def markdown(rows: list[dict[str, Any]], level: float, significance: dict[str, A
 
 def two_stage_tables(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
     """Run every model, evaluate the pooled predictions and write tables.json + tables.md."""
-    from finetune.data import crema_d_task
+    from finetune.data import load_task
     from finetune.run import finetune, write_shared_splits
     from finetune.tables import compare
     from ssl_aver.metrics import evaluate_predictions
@@ -206,7 +206,7 @@ def two_stage_tables(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
     models = sorted(cfg.models, key=lambda m: int(m.index))
     probe = _model_config(cfg, models[0], out, out / "splits.csv")
     splits_file = write_shared_splits(probe, int(cfg.splits.k), int(cfg.splits.seed), out / "splits.csv")
-    task = crema_d_task(probe.data.root, probe.data.condition, probe.data.target, probe.data.tie_break, probe.data.votes, probe.data.demographics)
+    task = load_task(probe.data)
     labels = task.labels.set_index(task.labels["clip"].astype(str))
     rows, summaries = [], {}
     for model in models:

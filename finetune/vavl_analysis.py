@@ -30,7 +30,7 @@ def load_split_model(run_dir: Path, split: int) -> tuple[Any, Any, Any]:
     from ssl_aver.av_dataset import AVDataset
     from ssl_aver.splits import apply_split, load_splits
 
-    from finetune.data import crema_d_task
+    from finetune.data import load_task
     from finetune.heads import BuildContext, head_class
 
     cfg = OmegaConf.load(run_dir / "config.yaml")
@@ -38,8 +38,7 @@ def load_split_model(run_dir: Path, split: int) -> tuple[Any, Any, Any]:
         raise UserError(f"{run_dir} is a '{cfg.head}' run; vavl-analysis needs a VAVL run (head: vavl)")
     summary = read_json(run_dir / "metrics.json")
     stores = summary["stores"]
-    task = crema_d_task(cfg.data.root, cfg.data.condition, cfg.data.target, cfg.data.tie_break, cfg.data.votes, cfg.data.demographics,
-                        extra=list(cfg.data.extra_targets))
+    task = load_task(cfg.data)
     parts = apply_split(task.labels, load_splits(run_dir / "splits.csv")[split])
     test = AVDataset(parts["test"], task.all_targets, audio=stores["audio"], video=stores["video"], require="both")
     ctx = BuildContext(

@@ -28,6 +28,7 @@ STAGES: list[tuple[str, str]] = [
     ("ser", "finetune.experiment:demo_stage"),
     ("ablation", "finetune.ablate:demo_stage"),
     ("vavl", "finetune.heads.vavl:demo_stage"),
+    ("regression", "finetune.heads.vavl:regression_demo_stage"),
     ("two_stage", "finetune.heads.two_stage:demo_stage"),
     ("raver", "finetune.heads.raver:demo_stage"),
     ("mer", "finetune.mer_fusion:demo_stage"),

@@ -1162,8 +1162,12 @@ def _write_summary(
 
 def demo_stage(ctx: DemoContext) -> dict[str, Any]:
     """Demo stage "corpus": generate the default demo corpora in ctx.data, or reuse a complete
-    one made with the same seed (a rerun then takes well under a second)."""
+    one made with the same seed (a rerun then takes well under a second); then the MSP-IMPROV-layout
+    corpus of the regression stage (ssl_aver.demo_msp_improv)."""
+    from ssl_aver.demo_msp_improv import corpus_stage_fields
+
     summary = make_demo_corpus(ctx.data, seed=ctx.seed, force=True)
+    improv = corpus_stage_fields(ctx)
     return {
         "unlabeled_clips": summary["unlabeled"]["clips"],
         "openface_files": summary["unlabeled"]["clips"],
@@ -1171,7 +1175,8 @@ def demo_stage(ctx: DemoContext) -> dict[str, Any]:
         "crema_d_clips": summary["crema_d"]["clips"],
         "reused": summary["reused"],
         "generation_seconds": summary["seconds"],
-        "headline": ("reused: " if summary["reused"] else "") + summary["headline"],
+        **improv,
+        "headline": ("reused: " if summary["reused"] else "") + summary["headline"] + "; " + improv["msp_improv_headline"],
     }
 
 

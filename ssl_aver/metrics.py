@@ -171,6 +171,37 @@ def ccc(y_true: Sequence[float] | np.ndarray, y_pred: Sequence[float] | np.ndarr
     return float(2 * cov / den)
 
 
+def evaluate_regression(
+    predictions: np.ndarray, targets: np.ndarray, names: Sequence[str], bootstrap: int = 1000, seed: int = 0, level: float = 0.95,
+) -> dict[str, Any]:
+    """Attribute regression scores over the whole set (never averaged over batches): per attribute
+    CCC, Pearson r and MSE, their means over the attributes (`ccc`, `pearson`, `mse`), and
+    bootstrap intervals of each CCC (clips resampled with replacement)."""
+    p, y = np.asarray(predictions, dtype=float), np.asarray(targets, dtype=float)
+    if not (np.isfinite(p).all() and np.isfinite(y).all()):
+        raise UserError("regression predictions and targets must be finite numbers")
+    if p.ndim != 2 or p.shape != y.shape or p.shape[1] != len(names) or len(p) < 2:
+        raise UserError(f"predictions {p.shape}, targets {y.shape} and {len(names)} attributes do not match")
+    if bootstrap < 0:
+        raise UserError(f"bootstrap must be >= 0, got {bootstrap}")
+    result: dict[str, Any] = {"task": "regression", "n": int(len(p)), "attributes": [str(n) for n in names], "ci": {}}
+    for j, name in enumerate(names):
+        t, q = y[:, j], p[:, j]
+        result[f"ccc_{name}"] = ccc(t, q)
+        result[f"pearson_{name}"] = float(np.corrcoef(t, q)[0, 1]) if t.std() > 0 and q.std() > 0 else 0.0
+        result[f"mse_{name}"] = float(np.mean((t - q) ** 2))
+    for key in ("ccc", "pearson", "mse"):
+        result[key] = float(np.mean([result[f"{key}_{n}"] for n in names]))
+    if bootstrap:
+        rng = np.random.default_rng([seed, 11])
+        draws = rng.integers(0, len(p), size=(bootstrap, len(p)))
+        for j, name in enumerate(names):
+            values = np.array([ccc(y[d, j], p[d, j]) for d in draws])
+            result["ci"][f"ccc_{name}"] = _percentiles(values, level).tolist()
+    result["bootstrap"] = {"n": bootstrap, "seed": seed, "level": level}
+    return result
+
+
 def macro_f1_bias(scores: Mapping[str, float]) -> float:
     """Paper 3's performance bias: 100 x mean |A_g - A_i| over unordered pairs of groups."""
     values = list(scores.values())

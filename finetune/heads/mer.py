@@ -283,6 +283,7 @@ class MERHead(nn.Module):
     """AFG fusion of pooled acoustic/visual features + (joint) emotion/valence decoder."""
 
     inputs = ("audio", "video")
+    tasks = ("multiclass",)  # emotion classes + the valence extra target
     require = "both"
     eval_modalities = ("av", "audio", "video")
 

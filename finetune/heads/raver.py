@@ -57,6 +57,7 @@ class RAVERHead(nn.Module):
     """RAVER over an acoustic store (or the pretrained encoder) and a visual store."""
 
     inputs = ("audio", "video")
+    tasks = ("multiclass", "multilabel")  # paper 4 evaluates emotion classes only
     require = "both"
     eval_modalities = ("av", "audio", "video")
 

@@ -62,6 +62,7 @@ class SERHead(nn.Module):
     inputs = ("audio",)
     require = "audio"
     eval_modalities = ("audio",)
+    tasks = ("multiclass", "multilabel", "regression")  # regression: one linear output per attribute
 
     def __init__(self, branch: nn.Module, kind: str, n_classes: int, hidden: int = 256, dropout: float = 0.25) -> None:
         super().__init__()

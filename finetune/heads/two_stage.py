@@ -180,6 +180,8 @@ def training_counts(loader: Any, columns: slice, multilabel: bool, n_classes: in
 
 
 class _Base(nn.Module):
+    tasks = ("multiclass", "multilabel")  # paper 3 evaluates emotion classes only
+
     """Shared plumbing: label sources, class-balanced losses, frozen modules kept in eval mode."""
 
     def __init__(self, cfg: Mapping[str, Any], n_classes: int, ctx: BuildContext) -> None:

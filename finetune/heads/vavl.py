@@ -155,6 +155,7 @@ class VAVLHead(nn.Module):
     inputs = ("audio", "video")
     require = "any"
     eval_modalities = ("av", "audio", "video")
+    tasks = ("multiclass", "multilabel", "regression")  # regression: paper 2's attributes, 1 - CCC
 
     def __init__(self, cfg: Mapping[str, Any], n_classes: int, ctx: BuildContext) -> None:
         super().__init__()
@@ -173,7 +174,7 @@ class VAVLHead(nn.Module):
         if len(hidden) != 2:
             raise UserError(f"model.head_hidden must list two widths (paper 2: [512, 256]), got {list(hidden)}")
         self.n_out = n_classes
-        self.objective = "ccc" if cfg["objective"] == "ccc" else ("bce" if ctx.task == "multilabel" else "ce")
+        self.objective = "ccc" if cfg["objective"] == "ccc" or ctx.task == "regression" else ("bce" if ctx.task == "multilabel" else "ce")
         self.alpha = float(cfg["alpha"]) if cfg["reconstruction"] else 0.0
         self.residual = bool(cfg["residual"])
         self.fusion = str(cfg["fusion"])
@@ -352,17 +353,26 @@ class VAVLHead(nn.Module):
         return float(loss.detach())
 
     def dev_losses(self, loader: Any, device: torch.device) -> dict[str, float]:
-        """Mean prediction loss per test condition: av (paired clips), audio, video."""
+        """Prediction loss per test condition: av (paired clips), audio, video. The mean over clips,
+        or for regression 1 - CCC over the whole dev set (CCC is not a mean of batch values)."""
         self.eval()
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
+        kept: dict[str, tuple[list[torch.Tensor], list[torch.Tensor]]] = {}
         with torch.no_grad():
             for batch in loader:
                 batch = move(batch, device)
                 for name, (rows, logits) in self.condition_logits(batch).items():
+                    if self.objective == "ccc":
+                        outputs, targets = kept.setdefault(name, ([], []))
+                        outputs.append(logits)
+                        targets.append(batch["targets"][rows])
+                        continue
                     n = int(rows.sum())
                     sums[name] = sums.get(name, 0.0) + float(self.loss(logits, batch["targets"][rows])) * n
                     counts[name] = counts.get(name, 0) + n
+        if self.objective == "ccc":
+            return {k: float(self.loss(torch.cat(o), torch.cat(t))) for k, (o, t) in kept.items()}
         return {k: sums[k] / counts[k] for k in sums}
 
     def _criterion(self, losses: dict[str, float]) -> float:
@@ -407,3 +417,27 @@ def demo_stage(ctx: Any) -> dict[str, Any]:
     from finetune.run import run_demo_recipe
 
     return run_demo_recipe(ctx, "vavl_demo.yaml", "vavl", "VAVL")
+
+
+def regression_demo_stage(ctx: Any) -> dict[str, Any]:
+    """Demo stage `regression`: VAVL on the MSP-IMPROV-layout demo corpus's arousal / valence /
+    dominance, read through its manifest (features extracted from its media), per-attribute CCC
+    in each test condition over 4 speaker-independent folds."""
+    from finetune.run import CONDITION_NAMES, PACKAGE_ROOT, build_config, finetune
+
+    out = ctx.stage_dir("regression")
+    cfg = build_config(PACKAGE_ROOT / "recipes" / "finetune" / "vavl_msp_improv_demo.yaml", [
+        f"data.root={ctx.data / 'msp-improv'}", f"output_dir={out}", f"seed={ctx.seed}", f"features.cache={out / 'features'}",
+    ])
+    summary = finetune(cfg, force=True)
+    attributes = [k.removeprefix("ccc_") for k in summary["overall"] if k.startswith("ccc_")]
+    ccc = {m: {a: round(v[f"ccc_{a}"]["mean"], 3) for a in attributes} for m, v in summary["by_modality"].items()}
+    return {
+        "run": str(out),
+        "ccc": ccc,
+        "clips": summary["clips"],
+        "splits": len(summary["splits"]),
+        "headline": "VAVL CCC (arousal/valence/dominance) " + ", ".join(
+            f"{CONDITION_NAMES.get(m, m)} " + "/".join(f"{c[a]:.2f}" for a in attributes) for m, c in ccc.items()
+        ) + f" ({summary['clips']} MSP-IMPROV-layout clips, {len(summary['splits'])} folds)",
+    }

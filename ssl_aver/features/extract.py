@@ -145,8 +145,12 @@ def extract_features(
     batch_size: int | None = None,
     progress: bool = True,
     threads: int | None = None,
+    clips: Sequence[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     """Extract features of every clip of `corpus` into the store `out`; returns the summary.
+
+    `clips` ((clip id, media path) pairs, e.g. from a labelled corpus's manifest) replaces the
+    listing of the corpus folder.
 
     `threads` sets torch's CPU threads for the run (restored after). Measured on a busy 2-core
     machine: MobileNetV2 took 468 ms per 112 px crop with 2 threads and 18 ms with 1, because
@@ -160,7 +164,7 @@ def extract_features(
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _extract(corpus, out, extractor, config_path, overrides, device, batch_size, progress)
+        return _extract(corpus, out, extractor, config_path, overrides, device, batch_size, progress, clips)
     finally:
         torch.set_num_threads(previous)
 
@@ -174,6 +178,7 @@ def _extract(
     device: str,
     batch_size: int | None,
     progress: bool,
+    listed: Sequence[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
@@ -183,7 +188,7 @@ def _extract(
     start = time.perf_counter()
     cls, cfg = resolve_config(extractor, config_path, overrides)
     device = resolve_device(device)
-    clips, failures, layout = corpus_clips(corpus, cls.modality)
+    clips, failures, layout = (list(listed), [], "manifest") if listed is not None else corpus_clips(corpus, cls.modality)
     n_corpus = len(clips) + len(failures)
     own = {k: v for k, v in cfg.items() if k not in COMMON_DEFAULTS}
     batch = int(batch_size or cls.default_batch_size)

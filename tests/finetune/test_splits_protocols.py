@@ -79,7 +79,7 @@ def test_a_clip_level_file_with_shared_speakers_is_refused_unless_allowed(tiny_c
     frame = pd.DataFrame(rows, columns=["split", "actor", "clip", "set"])
     frame.loc[frame["clip"] == shared, "set"] = "test"
     frame.to_csv(tmp_path / "splits.csv", index=False)
-    cfg = OmegaConf.create({"splits": {"file": str(tmp_path / "splits.csv"), "k": 20, "allow_shared_speakers": False}})
+    cfg = OmegaConf.create({"splits": {"file": str(tmp_path / "splits.csv"), "k": 20, "allow_shared_speakers": False, "protocol": "random"}})
     with pytest.raises(UserError, match="actor 1001 has clips in train and test.*splits.allow_shared_speakers=true"):
         _splits(cfg, labels)
     cfg.splits.allow_shared_speakers = True
