@@ -29,7 +29,7 @@ from ssl_aver.corpora.crema_d import read_crema_d, read_demographics
 from ssl_aver.errors import MediaError, UserError
 from ssl_aver.media import load_audio
 
-from finetune.valence import valence_targets
+from finetune.valence import SOURCE_COLUMN, valence_targets
 
 CONDITIONS = ("voice", "face", "av")
 
@@ -146,9 +146,18 @@ def crema_d_task(
     return TaskData(table, list(EMOTIONS), targets, "multilabel" if task == "distribution" else task, dropped, extra_columns)
 
 
+#: `valence_source` of a valence target read from a corpus's own `valence` target group (MER2023).
+CORPUS_VALENCE_SOURCE = "corpus"
+
+
 def load_task(data: Any) -> TaskData:
-    """The task of a recipe's `data:` node: CREMA-D from its folder, or any registered corpus
-    (`data.corpus`, options in `data.options`) through its manifest (`ssl_aver.corpora`)."""
+    """The task of a recipe's `data:` node: any registered corpus (`data.corpus`, options in
+    `data.options`) through its manifest (`ssl_aver.corpora`); CREMA-D through `crema_d_task`,
+    which adds its rating conditions as extra targets and the derived valence.
+
+    On a manifest corpus `data.extra_targets` names target groups of the corpus (e.g. MER2023's
+    rated `valence`): a `valence` group is the MER head's valence target with source `corpus`,
+    on the corpus's own scale (`model.valence_source` / `model.valence_scale` say which)."""
     name, extra, clip_columns = str(data.get("corpus") or "crema_d"), list(data.get("extra_targets") or []), data.get("clip_columns")
     if name == "crema_d":
         return crema_d_task(
@@ -157,20 +166,44 @@ def load_task(data: Any) -> TaskData:
         )
     from ssl_aver.corpora.labelled import prepare_corpus
 
-    if extra:
-        raise UserError(f"data.extra_targets is for CREMA-D's rating conditions; corpus '{name}' has none")
     corpus = prepare_corpus(name, str(data.root), **dict(data.get("options") or {}))
-    task = corpus_task(corpus, str(data.target), data.get("target_set"))
+    task = corpus_task(corpus, str(data.target), data.get("target_set"), extra)
+    if "valence" in task.extra:
+        task.labels[SOURCE_COLUMN] = CORPUS_VALENCE_SOURCE
     if clip_columns is not None:
         task.labels = join_clip_columns(task.labels, clip_columns)
     return task
 
 
-def corpus_task(corpus: Any, target: str, target_set: str | None = None) -> TaskData:
+def _unlabelled(table: Any, columns: list[str], kind: str) -> Any:
+    """Rows without a label of this kind (a NaN target would poison the loss)."""
+    missing = table[columns].isna().any(axis=1)
+    if kind == "distribution":  # shares of nobody's votes (a multi-hot row of zeros is a label: no emotion above 1/C)
+        missing |= table[columns].sum(axis=1) <= 0
+    return missing
+
+
+def _extra_group(corpus: Any, name: str, target: str) -> tuple[str, str]:
+    """(kind, group) of an extra target named `group` or `kind/group`; a group offered in several
+    kinds is taken in the primary target's kind (as CREMA-D's extra rating conditions are)."""
+    kind, _, group = name.rpartition("/")
+    found = [k for k, groups in corpus.targets.items() if group in groups and kind in ("", k)]
+    if len(found) > 1 and target in found:
+        found = [target]
+    if len(found) != 1:
+        choices = ", ".join(sorted(f"{k}/{g}" for k, groups in corpus.targets.items() for g in groups))
+        what = "is offered in several kinds" if found else "is no target group"
+        raise UserError(f"data.extra_targets: '{name}' {what} of corpus '{corpus.name}'; choose from {choices}")
+    return found[0], group
+
+
+def corpus_task(corpus: Any, target: str, target_set: str | None = None, extra: Sequence[str] = ()) -> TaskData:
     """The task of a labelled corpus for target kind `target` (group `target_set`, or its only one).
 
     Distribution targets become a multi-label task (as for CREMA-D); regression targets keep the
-    corpus's scale. Clips without a label of that kind are dropped with their reason.
+    corpus's scale. `extra` names further target groups of the corpus (`group` or `kind/group`),
+    whose columns batches carry after the primary ones. Clips without a label of that kind, or
+    without one of an extra group, are dropped with their reason.
     """
     offered = corpus.targets.get(target)
     if not offered:
@@ -183,18 +216,25 @@ def corpus_task(corpus: Any, target: str, target_set: str | None = None) -> Task
     columns = list(offered[group])
     table = corpus.clips.rename(columns={"speaker": "actor"}).copy()
     dropped = [{"clip": str(f.get("clip", f.get("line", ""))), "reason": str(f.get("reason", ""))} for f in corpus.failures]
-    missing = table[columns].isna().any(axis=1)
-    if target in ("multilabel", "distribution"):
-        missing |= table[columns].sum(axis=1) <= 0
+    missing = _unlabelled(table, columns, target)
     for clip in table.loc[missing, "clip"]:
         dropped.append({"clip": str(clip), "reason": f"no {target} label ({group})"})
+    extra_columns: dict[str, list[str]] = {}
+    for name in map(str, extra):
+        extra_kind, extra_group = _extra_group(corpus, name, target)
+        extra_columns[name] = list(corpus.targets[extra_kind][extra_group])
+        lacking = _unlabelled(table, extra_columns[name], extra_kind) & ~missing
+        for clip in table.loc[lacking, "clip"]:
+            dropped.append({"clip": str(clip), "reason": f"no {extra_kind} label ({extra_group}) for data.extra_targets"})
+        missing |= lacking
     table = table[~missing].reset_index(drop=True)
     if table.empty:
-        raise UserError(f"no clip of corpus '{corpus.name}' under {corpus.root} has a {target} label ({group})")
+        also = f" and every data.extra_targets label ({', '.join(extra_columns)})" if extra_columns else ""
+        raise UserError(f"no clip of corpus '{corpus.name}' under {corpus.root} has a {target} label ({group}){also}")
     names = columns if target == "regression" else list(corpus.classes)
     media = {m: {str(c): str(p) for c, p in zip(table["clip"], table[m]) if p} for m in ("audio", "video")}
     kind = "multilabel" if target == "distribution" else target
-    return TaskData(table, names, columns, kind, dropped, media=media)
+    return TaskData(table, names, columns, kind, dropped, extra_columns, media=media)
 
 
 def join_clip_columns(table: Any, path: str | Path) -> Any:

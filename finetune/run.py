@@ -144,7 +144,7 @@ def _splits(cfg: DictConfig, labels: Any) -> list[dict[str, str]]:
         return [corpus_partition(labels, dict(cfg.splits.partitions))]
     unknown = int(labels["actor"].isna().sum())
     if unknown:
-        raise UserError(f"{unknown} clips have no speaker id, so speaker-independent splits cannot place them; "
+        raise UserError(f"{unknown} clip(s) have no speaker id, so speaker-independent splits cannot place them; "
                         "use splits.protocol=corpus (the corpus's own partitions) or a splits.file")
     actors = sorted(labels["actor"].astype(str).unique())
     if cfg.splits.file:
@@ -467,6 +467,7 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
     wave = bool(cfg.encoder) and encoder_kind(cfg.encoder) == "wav2vec2"
     if wave and head_cls.inputs != ("audio",):
         raise UserError(f"head '{cfg.head}' cannot take a wav2vec2 encoder; use a feature store (features.audio) instead")
+    splits = _splits(cfg, task.labels)  # before extracting features: a protocol the corpus cannot take costs nothing
     stores: dict[str, Path] = {}
     paths: dict[str, str] = {}
     if wave and task.media is not None:
@@ -477,7 +478,6 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
         paths = {c.clip: c.audio for c in read_crema_d(cfg.data.root).clips if c.audio}
     else:
         stores = {m: feature_store(cfg, m, out, None if task.media is None else task.media[m]) for m in head_cls.inputs}
-    splits = _splits(cfg, task.labels)
     # A split is finished once its metrics.json (written last) exists; it is reused only when the
     # run's inputs are unchanged, and stale splits (other inputs, --force) are removed first.
     record = inputs_record(cfg, task, stores, splits)
@@ -597,7 +597,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     summary = finetune(build_config(args.config, args.overrides), force=args.force)
+    key, name = ("ccc", "CCC") if summary["task"] == "regression" else ("macro_f1", "macro-F1")
     for modality, overall in summary["by_modality"].items():
-        f1 = overall["macro_f1"]
-        print(f"{summary['head']} [{modality}]: macro-F1 {f1['mean']:.4f} +- {f1['std']:.4f} over {len(summary['splits'])} splits")
+        score = overall[key]
+        print(f"{summary['head']} [{modality}]: {name} {score['mean']:.4f} +- {score['std']:.4f} over {len(summary['splits'])} splits")
     return 0

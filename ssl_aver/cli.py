@@ -33,6 +33,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "ablate": ("finetune.ablate", "pretrain + fine-tune each pretext task set (SSL1-SSL5): paper 1 Table 3"),
     "two-stage-tables": ("finetune.two_stage_tables", "train paper 3's models 1-12 and write its Tables 1, 3, 4-5 with bootstrap intervals"),
     "mer-table": ("finetune.mer_fusion", "MER joint emotion/valence decoding: every AFG structure x decoder, decision-level fusion, Table 1"),
+    "mer2023": ("finetune.mer2023", "MER2023's protocol: k-fold CV on the training clips, fold-averaged test1/2/3 predictions, scores, submissions"),
     "vavl-analysis": ("finetune.vavl_analysis", "cosine distance between shared-layer audio and video embeddings of a VAVL run (paper 2, Sec. 5.3)"),
     "robustness": ("finetune.robustness", "missing-modality tests of fine-tuned runs (frame masking, Markov packet loss) + context sweep"),
     "evaluate": ("ssl_aver.evaluate", "metrics, fairness and bootstrap CIs of predictions against labels"),

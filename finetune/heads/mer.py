@@ -37,7 +37,9 @@ MSE for valence on MER2023's [-5, 5]; the derived CREMA-D valence is on that sca
 (a wrong scale would mis-weigh the MSE), and the MER score rescales the MSE to [-5, 5]:
 MSE x (10 / (high - low))^2.
 
-The valence target comes from `data.extra_targets: [valence]` (finetune/valence.py); the head
+The valence target comes from `data.extra_targets: [valence]`: derived for CREMA-D or rated from
+`data.clip_columns` (finetune/valence.py, sources `derived_crema_d` / `clip_columns`), or a
+corpus's own valence group (MER2023's ratings on [-5, 5], source `corpus`); the head
 checks that the run's valence source is the one its config names (`valence_source`). Its
 `extra_metrics` hook adds, to every test condition's metrics, the valence MSE (on the target's
 scale), the MSE normalised by the variance of the test set's valence targets (`valence_nmse`:

@@ -109,3 +109,47 @@ def read_crema_d(root: str | Path) -> CremaD:
         votes_path=str(votes) if votes.is_file() else None,
         skipped=skipped,
     )
+
+
+def prepare_crema_d(root: str | Path, votes: str | Path | None = None, demographics: str | Path | None = None, tie_break: str = "intensity"):
+    """CREMA-D as a labelled-corpus manifest (`ssl_aver.corpora.labelled`): one target group per
+    rating condition (voice, face, av) of each kind: multiclass (the plurality label, ties by
+    `tie_break`), multilabel (shares above 1/6) and distribution (the shares). Rows of a condition
+    without ratings are NaN in its groups. Fine-tuning reads CREMA-D through `finetune.data.crema_d_task`,
+    which adds what only CREMA-D has (a condition as primary target with the others as extra
+    targets, the derived valence); this manifest serves every corpus-generic command."""
+    import numpy as np
+    import pandas as pd
+
+    from ssl_aver.corpora.labelled import LabelledCorpus
+    from ssl_aver.crema_d_labels import EMOTIONS, crema_d_labels, load_votes
+
+    corpus = read_crema_d(root)
+    votes_path = votes or corpus.votes_path
+    if votes_path is None:
+        raise UserError(f"no ratings: {Path(root) / 'processedResults' / 'tabulatedVotes.csv'} is missing (or give votes=PATH)")
+    demo = read_demographics(demographics) if demographics else (corpus.demographics or None)
+    table = crema_d_labels(load_votes(votes_path), demographics=demo, tie_break=tie_break)
+    media = {c.clip: c for c in corpus.clips}
+    failures = [{"clip": c, "reason": "rated but no media under the corpus folder"} for c in sorted(set(table["clip"]) - set(media))]
+    failures += [{"clip": c, "reason": "media without ratings"} for c in sorted(set(media) - set(table["clip"]))]
+    failures += list(corpus.skipped)
+    table = table[table["clip"].isin(set(media))].reset_index(drop=True)
+    out = pd.DataFrame({
+        "clip": table["clip"], "audio": [media[c].audio or "" for c in table["clip"]], "video": [media[c].video or "" for c in table["clip"]],
+        "speaker": table["actor"], "session": None, "sex": table["sex"], "age": table["age"], "race": table["race"], "partition": None,
+    })
+    targets: dict[str, dict[str, list[str]]] = {"multiclass": {}, "multilabel": {}, "distribution": {}}
+    for condition in ("voice", "face", "av"):
+        rated = table[f"{condition}_votes"] > 0
+        hot = [f"{condition}_{e}_class" for e in EMOTIONS]
+        for emotion, column in zip(EMOTIONS, hot):
+            out[column] = np.where(table[f"{condition}_label"].notna(), (table[f"{condition}_label"] == emotion).astype(float), np.nan)
+        multi = [f"{condition}_{e}" for e in EMOTIONS]
+        shares = [f"{condition}_{e}_p" for e in EMOTIONS]
+        for column in multi:
+            out[column] = np.where(rated, table[column].astype(float), np.nan)
+        for column in shares:
+            out[column] = table[column]
+        targets["multiclass"][condition], targets["multilabel"][condition], targets["distribution"][condition] = hot, multi, shares
+    return LabelledCorpus("crema_d", str(root), out, list(EMOTIONS), targets, failures)

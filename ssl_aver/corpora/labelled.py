@@ -36,6 +36,7 @@ TARGET_KINDS: tuple[str, ...] = ("multiclass", "multilabel", "distribution", "re
 
 #: corpus name -> "module:function" returning a LabelledCorpus (adding a corpus is one line here).
 CORPORA: dict[str, str] = {
+    "crema_d": "ssl_aver.corpora.crema_d:prepare_crema_d",
     "msp_improv": "ssl_aver.corpora.msp_improv:prepare_msp_improv",
     "msp_podcast": "ssl_aver.corpora.msp_podcast:prepare_msp_podcast",
     "mer2023": "ssl_aver.corpora.mer2023:prepare_mer2023",

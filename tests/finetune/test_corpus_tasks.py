@@ -145,3 +145,17 @@ def test_heads_refuse_targets_they_do_not_support_and_corpora_name_their_targets
         finetune(build_config("recipes/finetune/ser_crema_d.yaml", [*base, "data.target=multiclass", *SER_TINY]))
     with pytest.raises(UserError, match="unknown data.corpus 'nope'"):
         finetune(build_config("recipes/finetune/ser_crema_d.yaml", [*base, "data.corpus=nope", *SER_TINY]))
+
+
+def test_crema_d_manifest_agrees_with_the_fine_tuning_labels(tiny_crema):
+    from finetune.data import corpus_task, crema_d_task
+    from ssl_aver.corpora.labelled import prepare_corpus
+
+    corpus = prepare_corpus("crema_d", str(tiny_crema))
+    assert corpus.summary()["clips"] == len(corpus.clips) and set(corpus.targets["multiclass"]) == {"voice", "face", "av"}
+    for target in ("multiclass", "multilabel", "distribution"):
+        generic = corpus_task(corpus, target, "av")
+        special = crema_d_task(tiny_crema, "av", target)
+        assert list(generic.labels["clip"]) == list(special.labels["clip"])
+        np.testing.assert_allclose(generic.labels[generic.targets].to_numpy(float), special.labels[special.targets].to_numpy(float), atol=1e-9)
+        assert generic.media["audio"] and all(p.endswith(".wav") for p in generic.media["audio"].values())

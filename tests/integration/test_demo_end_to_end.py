@@ -38,6 +38,10 @@ def test_demo_runs_every_stage_and_reports_it(tmp_path: Path) -> None:
     for head in ("vavl", "two_stage", "raver"):
         assert set(stages[head]["macro_f1"]) == MODALITIES, head
     assert {"fused_baseline", "fused_jdev"} <= set(stages["mer"]["rows"])
+    assert stages["corpus"]["msp_improv_clips"] >= 100 and stages["corpus"]["msp_improv_speakers"] == 4
+    ccc = stages["regression"]["ccc"]
+    assert set(ccc) == MODALITIES and all(set(v) == {"arousal", "valence", "dominance"} for v in ccc.values())
+    assert ccc["av"]["arousal"] > 0.3  # the demo speech's loudness and pitch follow arousal
     assert all(Path(p).is_file() for p in stages["robustness"]["plots"])
     predictions = stages["predict"]["predictions"]
     assert {"ser", "raver"} <= set(predictions)

@@ -22,7 +22,7 @@ def _first_line(path: Path) -> str:
 def test_finetune_recipes_load(recipe: Path, tmp_path: Path) -> None:
     from finetune.run import build_config
 
-    assert _first_line(recipe).startswith("# ssl-aver finetune --config recipes/")
+    assert _first_line(recipe).startswith(("# ssl-aver finetune --config recipes/", "# ssl-aver mer2023 --config recipes/"))
     cfg = build_config(recipe, [f"data.root={tmp_path}"])
     assert cfg.head and int(cfg.splits.k) >= 1
 

