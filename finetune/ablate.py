@@ -160,26 +160,3 @@ def run(args: argparse.Namespace) -> int:
     ablate(cfg, force=args.force)
     print((Path(cfg.output_dir) / "table.md").read_text())
     return 0
-
-
-def demo_stage(ctx: Any) -> dict[str, Any]:
-    """Demo stage `ablation`: SSL1-SSL5 on the demo store (SSL1 = the pretrain stage's encoder), 3 splits."""
-    from omegaconf import OmegaConf
-
-    recipe = Path(__file__).resolve().parent.parent / "recipes" / "ablations" / "demo.yaml"
-    overrides = [*OmegaConf.load(recipe).finetune.overrides, "features.audio.store=" + ctx.results["features"]["audio_store"]]
-    cfg = build_config(recipe, [
-        f"output_dir={ctx.stage_dir('ablation')}", f"seed={ctx.seed}", f"data.root={ctx.data / 'crema-d'}",
-        f"pretrain.store={ctx.results['pretext']['out']}", f"finetune.overrides=[{','.join(overrides)}]",
-        f"reuse={{SSL1: {ctx.stage_dir('pretrain')}}}",
-    ])
-    report = ablate(cfg, force=True)
-    f1 = {row["system"]: round(row["macro_f1"] / 100, 4) for row in report["rows"]}
-    p = {name: test["p"] for name, test in report["significance"]["tests"].items()}
-    return {
-        "run": str(Path(cfg.output_dir)),
-        "macro_f1": f1,
-        "p_vs_SSL1": p,
-        "ssl1_encoder": report["encoders"].get("SSL1"),
-        "headline": "macro-F1 " + ", ".join(f"{k} {v:.3f}" for k, v in f1.items()),
-    }

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from ssl_aver.config import load_config, save_config
 from ssl_aver.errors import UserError
@@ -109,24 +109,3 @@ def run(args: argparse.Namespace) -> int:
     experiment(cfg, force=args.force)
     print((Path(cfg.output_dir) / "table.md").read_text())
     return 0
-
-
-def demo_stage(ctx: Any) -> dict[str, Any]:
-    """Demo stage `ser`: the pretext-pretrained encoder vs the supervised baseline on 3 splits."""
-    recipe = Path(__file__).resolve().parent.parent / "recipes" / "experiments" / "demo.yaml"
-    encoder = ctx.results["pretrain"]["encoder"]
-    cfg = build_config(recipe, [
-        f"output_dir={ctx.stage_dir('ser')}", f"seed={ctx.seed}", f"data.root={ctx.data / 'crema-d'}",
-        f"systems=[{{name: supervised, encoder: null}}, {{name: pretext, encoder: {encoder}}}]",
-        f"finetune.overrides=[{','.join([*OmegaConf.load(recipe).finetune.overrides, 'features.audio.store=' + ctx.results['features']['audio_store']])}]",
-    ])
-    report = experiment(cfg, force=True)
-    f1 = {name: round(summary["macro_f1"]["mean"], 4) for name, summary in report["systems"].items()}
-    test = report["significance"]["tests"]["supervised"]
-    return {
-        "run": str(Path(cfg.output_dir)),
-        "macro_f1": f1,
-        "p_value": test["p"],
-        "significant": test["significant"],
-        "headline": f"macro-F1 supervised {f1['supervised']:.3f} vs pretext {f1['pretext']:.3f} (one-tailed p = {test['p'] if test['p'] is None else round(test['p'], 4)})",
-    }

@@ -322,37 +322,3 @@ def run(args: argparse.Namespace) -> int:
         print(f"{row['structure']:>12} {row['decoder']:>8}: weighted F1 {row['weighted_f1']:.4f}  MSE {row['valence_mse']:.4f}  "
               f"MSE/var {row['valence_nmse']:.4f}  MER {row['mer_score']:.4f}")
     return 0
-
-
-def demo_stage(ctx: Any) -> dict[str, Any]:
-    """Demo: a tiny MER head (recipes/finetune/mer_demo.yaml) on the demo CREMA-D stores, the
-    baseline and JDEV decoders with each AFG structure, fused at the decision level. Acoustic
-    inputs: the openSMILE store's LLDs and their deltas (two AFG inputs, so the structures
-    differ; the demo's tiny WavLM has random weights and carries no emotion); visual: the face
-    store, or the stack of the features stage's `video_stores` when it gives several face
-    models. Reports the MER score on MER2023's [-5, 5] valence scale (weighted F1 - 0.25 x MSE
-    of the DERIVED CREMA-D valence) and the MSE over the test set's valence variance."""
-    from finetune.run import PACKAGE_ROOT
-
-    features = ctx.results.get("features", {})
-    if not features.get("audio_store") or not features.get("video_store"):
-        raise UserError("the mer demo stage needs the features stage's audio_store and video_store")
-    out = ctx.stage_dir("mer")
-    faces = list(features.get("video_stores") or [])
-    result = mer_table(PACKAGE_ROOT / "recipes/finetune/mer_demo.yaml", [
-        f"data.root={ctx.data / 'crema-d'}", f"output_dir={out}", f"seed={ctx.seed}",
-        f"features.audio.store={features['audio_store']}", f"features.video.store={features['video_store']}",
-    ], step=0.25, force=True, video_stores=faces if len(faces) > 1 else ())
-    table = {f"{r['structure']}_{r['decoder']}": {k: round(float(r[k]), 4) for k in SCORES} for r in result["rows"]}
-    best = {d: max((r for r in result["rows"] if r["decoder"] == d), key=lambda r: r["mer_score"]) for d in DECODERS}
-    inputs = result["inputs"]
-    return {
-        "table": str(out / "table1.md"),
-        "rows": table,
-        "inputs": inputs,
-        "valence_source": result["valence_source"],
-        "valence_scale": result["valence_scale"],
-        "headline": f"MER score (wF1 - 0.25 MSE, derived valence on [-5, 5]; {inputs['acoustic']} acoustic + {inputs['visual']} visual inputs): "
-        + ", ".join(f"{d} {table[f'fused_{d}']['mer_score']:.3f} fused (MSE/var {table[f'fused_{d}']['valence_nmse']:.2f}) / "
-                    f"best {best[d]['structure']} {best[d]['mer_score']:.3f}" for d in DECODERS),
-    }

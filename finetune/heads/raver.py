@@ -181,10 +181,3 @@ class RAVERHead(nn.Module):
             h_a, h_v = a_layer(h_a), v_layer(h_v)
         pooled = torch.cat([self.pool_audio(h_a, ctx_a_valid), self.pool_video(h_v, ctx_v_valid)], dim=-1)
         return self.classifier(pooled)
-
-
-def demo_stage(ctx: Any) -> dict[str, Any]:
-    """Demo stage `raver`: a tiny RAVER (recipes/finetune/raver_demo.yaml) on the demo CREMA-D stores, 3 splits."""
-    from finetune.run import run_demo_recipe
-
-    return run_demo_recipe(ctx, "raver_demo.yaml", "raver", "RAVER")

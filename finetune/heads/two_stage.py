@@ -431,10 +431,3 @@ class TwoStageHead(_Base):
         result = fit(self, train_loader, dev_loader, loss_fn=self.source_loss(self.labels), settings=stage2, device=device, progress=progress)
         history += [{**h, "stage": 2 if self.mode == "two_stage" else 1} for h in result.history]
         return FitResult(result.best_epoch, result.best_dev_loss, history)
-
-
-def demo_stage(ctx: Any) -> dict[str, Any]:
-    """Demo stage `two_stage`: model 12 (Proposed) on the demo CREMA-D stores, 3 splits."""
-    from finetune.run import run_demo_recipe
-
-    return run_demo_recipe(ctx, "two_stage_demo.yaml", "two_stage", "two-stage (Proposed)")

@@ -410,34 +410,3 @@ class VAVLHead(nn.Module):
             if best.update(epoch, criterion, record):
                 break
         return best.restore()
-
-
-def demo_stage(ctx: Any) -> dict[str, Any]:
-    """Demo stage `vavl`: VAVL on the demo CREMA-D stores, 3 splits, AV / audio / video macro-F1."""
-    from finetune.run import run_demo_recipe
-
-    return run_demo_recipe(ctx, "vavl_demo.yaml", "vavl", "VAVL")
-
-
-def regression_demo_stage(ctx: Any) -> dict[str, Any]:
-    """Demo stage `regression`: VAVL on the MSP-IMPROV-layout demo corpus's arousal / valence /
-    dominance, read through its manifest (features extracted from its media), per-attribute CCC
-    in each test condition over 4 speaker-independent folds."""
-    from finetune.run import CONDITION_NAMES, PACKAGE_ROOT, build_config, finetune
-
-    out = ctx.stage_dir("regression")
-    cfg = build_config(PACKAGE_ROOT / "recipes" / "finetune" / "vavl_msp_improv_demo.yaml", [
-        f"data.root={ctx.data / 'msp-improv'}", f"output_dir={out}", f"seed={ctx.seed}", f"features.cache={out / 'features'}",
-    ])
-    summary = finetune(cfg, force=True)
-    attributes = [k.removeprefix("ccc_") for k in summary["overall"] if k.startswith("ccc_")]
-    ccc = {m: {a: round(v[f"ccc_{a}"]["mean"], 3) for a in attributes} for m, v in summary["by_modality"].items()}
-    return {
-        "run": str(out),
-        "ccc": ccc,
-        "clips": summary["clips"],
-        "splits": len(summary["splits"]),
-        "headline": "VAVL CCC (arousal/valence/dominance) " + ", ".join(
-            f"{CONDITION_NAMES.get(m, m)} " + "/".join(f"{c[a]:.2f}" for a in attributes) for m, c in ccc.items()
-        ) + f" ({summary['clips']} MSP-IMPROV-layout clips, {len(summary['splits'])} folds)",
-    }

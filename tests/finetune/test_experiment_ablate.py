@@ -12,7 +12,7 @@ from finetune.ablate import ablate
 from finetune.ablate import build_config as ablate_config
 from finetune.experiment import build_config as experiment_config
 from finetune.experiment import experiment
-from ssl_aver.cli import main
+from ssl_aver.app.cli import main
 from ssl_aver.io import sha256_file
 from ssl_aver.models.encoder import SSLEncoder
 from ssl_aver.store import AU_CLASSES, write_store

@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssl_aver.cli import main
+from ssl_aver.app.cli import main
 from tests.corpus_builders import msp_improv_block, write_lines, write_media, write_msp_improv, write_msp_podcast
 
 CONFIG = "recipes/finetune/ser_crema_d.yaml"

@@ -18,7 +18,7 @@ from finetune.heads.mer import JointDecoder, UncertaintyLoss, mer_score, stack_f
 from finetune.mer_fusion import choose_weights, fuse, fuse_runs, mer_table, simplex_grid
 from finetune.run import build_config, finetune
 from finetune.valence import derived_crema_d_valence
-from ssl_aver.cli import main
+from ssl_aver.app.cli import main
 from ssl_aver.crema_d_labels import EMOTIONS, crema_d_labels, load_votes
 from ssl_aver.data import CREMA_D_DIR
 from ssl_aver.errors import UserError

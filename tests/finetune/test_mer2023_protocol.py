@@ -19,7 +19,7 @@ from finetune.heads.mer import MERHead
 from finetune.mer2023 import build_config, mer2023
 from finetune.predict import load
 from ssl_aver.av_dataset import AVItem, collate_av
-from ssl_aver.cli import main
+from ssl_aver.app.cli import main
 from ssl_aver.errors import UserError
 from ssl_aver.features.store import ClipFeatures, FeatureStore, write_clip_features
 from tests.corpus_builders import write_lines, write_media

@@ -12,9 +12,9 @@ import soundfile as sf
 
 import finetune
 from finetune.run import build_config, finetune as run_finetune
-from ssl_aver.cli import main
+from ssl_aver.app.cli import main
 from ssl_aver.crema_d_labels import EMOTIONS as _EMOTIONS
-from ssl_aver.demo_corpus import feat_data_dir
+from ssl_aver.app.demo_corpora.common import feat_data_dir
 from ssl_aver.metrics import binarize
 from ssl_aver.models.encoder import EncoderConfig, SSLEncoder
 from ssl_aver.models.wav2vec2 import build_pretraining_model, save_pretraining_model

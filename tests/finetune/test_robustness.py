@@ -15,7 +15,7 @@ from finetune.robustness import ClipFrames, Condition, degrade, frame_drops, sam
 from finetune.run import build_config as finetune_config
 from finetune.run import finetune
 from ssl_aver.av_dataset import AVDataset
-from ssl_aver.cli import main
+from ssl_aver.app.cli import main
 from ssl_aver.crema_d_labels import EMOTIONS, crema_d_labels, load_votes
 from ssl_aver.features.store import ClipFeatures, FeatureStore, StoreWriter, write_clip_features
 from ssl_aver.metrics import evaluate_predictions
@@ -299,11 +299,11 @@ def test_mer_run_on_rated_valence_keeps_its_clip_columns(tiny_crema, tmp_path):
 def test_demo_stage_reports_both_fills(runs, tmp_path):
     from types import SimpleNamespace
 
-    from finetune.robustness import demo_stage
+    from ssl_aver.app.stages.robustness import robustness_stage
 
     raver, _ = runs
     ctx = SimpleNamespace(results={"raver": {"run": str(raver)}}, stage_dir=lambda name: tmp_path / name)
-    summary = demo_stage(ctx)
+    summary = robustness_stage(ctx)
     assert summary["fills"] == ["mask", "zero"]
     entry = summary["runs"]["raver (raver)"]
     assert {"missing_audio_mask", "missing_audio_zero", "random_video_90_mask", "random_video_90_zero", "fill_gap"} <= set(entry)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from finetune.run import build_config, finetune
-from ssl_aver.cli import main
+from ssl_aver.app.cli import main
 from ssl_aver.errors import UserError
 from ssl_aver.models.encoder import SSLEncoder
 

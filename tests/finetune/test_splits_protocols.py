@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 
 from finetune.data import crema_d_task
 from finetune.run import _splits, build_config, finetune, write_shared_splits
-from ssl_aver.cli import main
+from ssl_aver.app.cli import main
 from ssl_aver.errors import UserError
 from ssl_aver.splits import load_splits
 

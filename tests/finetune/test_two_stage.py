@@ -14,7 +14,7 @@ import finetune.heads.two_stage as two_stage
 from finetune.data import crema_d_task
 from finetune.run import build_config, finetune
 from finetune import two_stage_tables
-from ssl_aver.cli import main
+from ssl_aver.app.cli import main
 from ssl_aver.errors import UserError
 from ssl_aver.features.store import ClipFeatures, write_clip_features
 
@@ -175,12 +175,14 @@ def test_two_stage_tables_marks_paired_ttests_over_shared_splits(tiny_crema, sto
 def test_two_stage_demo_stage_reports_three_conditions(tiny_crema, stores, tmp_path):
     from types import SimpleNamespace
 
+    from ssl_aver.app.stages.heads import two_stage_stage
+
     audio, video = stores
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "crema-d").symlink_to(tiny_crema, target_is_directory=True)
     ctx = SimpleNamespace(out=tmp_path, seed=0, data=tmp_path / "data", results={"features": {"audio_store": str(audio), "video_store": str(video)}},
                           stage_dir=lambda name: (tmp_path / name).mkdir(parents=True, exist_ok=True) or tmp_path / name)
-    summary = two_stage.demo_stage(ctx)
+    summary = two_stage_stage(ctx)
     assert set(summary["macro_f1"]) == {"av", "audio", "video"} and json.dumps(summary)
     assert (tmp_path / "two_stage" / "metrics.json").is_file()
 

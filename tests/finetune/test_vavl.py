@@ -13,7 +13,7 @@ from finetune.heads import BuildContext
 from finetune.heads.vavl import VAVLHead, ccc_loss
 from finetune.run import build_config, finetune
 from finetune.trainer import TrainSettings, make_optimizer
-from ssl_aver.cli import main
+from ssl_aver.app.cli import main
 from ssl_aver.errors import UserError
 from ssl_aver.features.store import ClipFeatures, write_clip_features
 from ssl_aver.models.conformer import Conformer
@@ -214,9 +214,9 @@ class _DemoContext:
 
 
 def test_vavl_demo_stage_reports_three_conditions(tiny_crema, tmp_path):
-    from finetune.heads.vavl import demo_stage
+    from ssl_aver.app.stages.heads import vavl_stage
 
     audio, video = make_stores(tiny_crema, tmp_path / "stores")
-    summary = demo_stage(_DemoContext(tmp_path / "demo", tiny_crema, audio, video))
+    summary = vavl_stage(_DemoContext(tmp_path / "demo", tiny_crema, audio, video))
     assert set(summary["macro_f1"]) == {"av", "audio", "video"} and "audio-only" in summary["headline"]
     assert json.dumps(summary) and (tmp_path / "demo" / "vavl" / "metrics.json").is_file()

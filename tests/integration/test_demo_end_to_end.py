@@ -9,7 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ssl_aver.demo import STAGES
+from ssl_aver.app.demo import STAGES
 
 MODALITIES = {"av", "audio", "video"}
 
@@ -17,7 +17,7 @@ MODALITIES = {"av", "audio", "video"}
 def test_demo_runs_every_stage_and_reports_it(tmp_path: Path) -> None:
     out = tmp_path / "demo"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "ssl_aver.cli", "demo", "--out", str(out)], capture_output=True, text=True, env=env)
+    proc = subprocess.run([sys.executable, "-m", "ssl_aver.app.cli", "demo", "--out", str(out)], capture_output=True, text=True, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "ssl-aver demo results" in proc.stdout
     stages = json.loads((out / "report.json").read_text())["stages"]

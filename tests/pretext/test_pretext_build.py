@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ssl_aver.cli import main
+from ssl_aver.app.cli import main
 from ssl_aver.io import read_json
 from ssl_aver.store import WindowStore
 

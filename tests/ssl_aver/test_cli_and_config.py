@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from ssl_aver.cli import COMMANDS, main
+from ssl_aver.app.cli import COMMANDS, main
 from ssl_aver.config import load_config, save_config
 from ssl_aver.errors import UserError
 
@@ -46,7 +46,7 @@ def test_cli_unknown_command_and_option_exit_2(capsys):
 
 def test_console_script_user_error_is_one_line(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "ssl_aver.cli", "scan", str(tmp_path / "missing"), "--out", str(tmp_path / "m.csv")],
+        [sys.executable, "-m", "ssl_aver.app.cli", "scan", str(tmp_path / "missing"), "--out", str(tmp_path / "m.csv")],
         capture_output=True, text=True,
     )
     assert proc.returncode == 2
@@ -56,6 +56,6 @@ def test_console_script_user_error_is_one_line(tmp_path):
 
 @pytest.mark.parametrize("name", sorted(COMMANDS))
 def test_every_command_has_help(name):
-    proc = subprocess.run([sys.executable, "-m", "ssl_aver.cli", name, "--help"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "ssl_aver.app.cli", name, "--help"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
     assert "usage: ssl-aver" in proc.stdout

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ssl_aver.cli import main
+from ssl_aver.app.cli import main
 from ssl_aver.corpora.crema_d import read_demographics
-from ssl_aver.crema_d_labels import EMOTIONS, crema_d_labels, demo_stage, load_votes
+from ssl_aver.crema_d_labels import EMOTIONS, crema_d_labels, load_votes
 from ssl_aver.data import CREMA_D_DIR
 from ssl_aver.errors import UserError
 
@@ -141,7 +141,8 @@ def test_cli_reports_a_bad_votes_file_as_one_line(tmp_path: Path, capsys: pytest
 
 
 def test_demo_stage_on_real_rows_of_three_actors(tmp_path: Path) -> None:
-    from ssl_aver.demo import DemoContext
+    from ssl_aver.app.demo import DemoContext
+    from ssl_aver.app.stages.corpora import crema_labels_stage
 
     ctx = DemoContext(out=tmp_path)
     root = ctx.data / "crema-d"
@@ -150,7 +151,7 @@ def test_demo_stage_on_real_rows_of_three_actors(tmp_path: Path) -> None:
     table = table[table["fileName"].str[:4].isin(["1001", "1002", "1003"])]
     table.to_csv(root / "processedResults" / "tabulatedVotes.csv", index=False)
     (root / "VideoDemographics.csv").write_text(DEMO.read_text())
-    summary = demo_stage(ctx)
+    summary = crema_labels_stage(ctx)
     assert summary["actors"] == 3 and summary["clips"] == len(table) // 3
     assert summary["test_actors_per_split"] == [1, 1, 1]
     assert 0.0 < summary["voice_raters_macro_f1"] < 1.0

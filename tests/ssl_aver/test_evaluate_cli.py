@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from ssl_aver.cli import main
+from ssl_aver.app.cli import main
 from ssl_aver.metrics import binarize
 
 CLASSES = ["anger", "disgust", "fear", "happiness", "neutral", "sadness"]

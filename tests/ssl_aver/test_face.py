@@ -173,7 +173,7 @@ def test_benchmark_reports_both_frame_rates_on_the_same_frames() -> None:
 
 
 def test_landmarks_command_writes_tracks_and_records_bad_clips(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    from ssl_aver.cli import main
+    from ssl_aver.app.cli import main
     from ssl_aver.face import load_track
 
     corpus = tmp_path / "videos"

@@ -13,7 +13,7 @@ import soundfile as sf
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ssl_aver.cli import main  # noqa: E402
+from ssl_aver.app.cli import main  # noqa: E402
 from ssl_aver.errors import UserError  # noqa: E402
 from ssl_aver.features import FeatureStore  # noqa: E402
 from ssl_aver.features.extract import extract_features  # noqa: E402

@@ -14,9 +14,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from ssl_aver.demo import DemoContext
+from ssl_aver.app.demo import DemoContext
+from ssl_aver.app.stages.pretraining import pretrain_stage
 from ssl_aver.models.wav2vec2 import load_wav2vec2_encoder
-from ssl_aver.pretrain import TASK_SETS, build_config, demo_stage, pretrain
+from ssl_aver.pretrain import TASK_SETS, build_config, pretrain
 from ssl_aver.store import AU_CLASSES, write_store
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +61,7 @@ def test_accelerate_recipes_name_their_command() -> None:
 
 def test_cli_reports_a_missing_store_in_one_line(tmp_path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "ssl_aver.cli", "pretrain", f"data.store={tmp_path / 'none'}", f"output_dir={tmp_path / 'o'}"],
+        [sys.executable, "-m", "ssl_aver.app.cli", "pretrain", f"data.store={tmp_path / 'none'}", f"output_dir={tmp_path / 'o'}"],
         env=ENV, capture_output=True, text=True, timeout=120, cwd=ROOT,
     )  # fmt: skip
     assert result.returncode == 2
@@ -114,7 +115,7 @@ def test_wav2vec2_recipe_runs_paper_1s_400k_iterations() -> None:
 def test_demo_stage_shows_losses_and_the_encoder(tmp_path) -> None:
     store = _store(tmp_path / "store", 24, dim=130, frames=40)
     ctx = DemoContext(out=tmp_path / "demo", results={"pretext": {"out": str(store)}})
-    summary = demo_stage(ctx)
+    summary = pretrain_stage(ctx)
     json.dumps(summary)
     assert Path(summary["encoder"], "model.safetensors").is_file()
     assert summary["epochs"] == 12 and set(summary["task_losses"]) == set(TASK_SETS["ssl1"])

@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from ssl_aver.cli import main
+from ssl_aver.app.cli import main
 from ssl_aver.data import CREMA_D_DIR
 from ssl_aver.errors import UserError
 from ssl_aver.splits import (

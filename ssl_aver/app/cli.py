@@ -1,26 +1,21 @@
-"""The `ssl-aver` command line.
+"""The `ssl-aver` command line (`python -m ssl_aver.app.cli` runs the same).
 
 Subcommands live in their own modules and are imported only when run, so `ssl-aver --help`
-is instant and `ssl_aver` never imports `pretext` or `finetune` at import time. A module in
-the registry provides `add_arguments(parser)` and `run(args) -> int`. Adding a command is one
-registry line.
+is instant. A module in the registry provides `add_arguments(parser)` and `run(args) -> int`
+(`ssl_aver.command.run_command` runs it). Adding a command is one registry line.
 """
 
 from __future__ import annotations
 
-import argparse
-import importlib
-import logging
-import os
 import sys
 from typing import Sequence
 
-from ssl_aver.errors import UserError
+from ssl_aver.command import run_command
 
 #: command name -> (module providing add_arguments/run, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo-corpus": ("ssl_aver.demo_corpus", "generate the offline demo corpora (unlabeled AV clips + CREMA-D mini)"),
-    "demo": ("ssl_aver.demo", "run every pipeline stage end to end on the demo data"),
+    "demo-corpus": ("ssl_aver.app.demo_corpora.generate", "generate the offline demo corpora (unlabeled AV clips + CREMA-D mini)"),
+    "demo": ("ssl_aver.app.demo", "run every pipeline stage end to end on the demo data"),
     "scan": ("ssl_aver.corpora.folder", "scan a folder of media into a manifest CSV"),
     "landmarks": ("ssl_aver.face", "68-point face landmark tracks of videos (offline mediapipe FaceMesh, fitted to dlib)"),
     "pretext": ("pretext.build", "pretext pseudo-labels + window store: pretext build / finalize / bench"),
@@ -38,16 +33,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "robustness": ("finetune.robustness", "missing-modality tests of fine-tuned runs (frame masking, Markov packet loss) + context sweep"),
     "evaluate": ("ssl_aver.evaluate", "metrics, fairness and bootstrap CIs of predictions against labels"),
     "predict": ("finetune.predict", "predict emotions of media files with a fine-tuned run (per clip or per 2 s window) -> CSV"),
-    "bench": ("ssl_aver.bench", "speed of every stage against its goal, on generated data: bench.json + bench.md"),
+    "bench": ("ssl_aver.app.bench", "speed of every stage against its goal, on generated data: bench.json + bench.md"),
 }
-
-
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports usage errors as one line with exit code 2."""
-
-    def error(self, message: str) -> None:  # type: ignore[override]
-        sys.stderr.write(f"{self.prog}: error: {message} (see --help)\n")
-        raise SystemExit(2)
 
 
 def _print_commands() -> None:
@@ -73,22 +60,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if name not in COMMANDS:
         sys.stderr.write(f"ssl-aver: error: unknown command '{name}'; choose one of: {', '.join(COMMANDS)}\n")
         return 2
-    # Our own modules report progress at INFO; libraries (accelerate, transformers) only warnings.
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for package in ("ssl_aver", "pretext", "finetune"):
-        logging.getLogger(package).setLevel(os.environ.get("SSL_AVER_LOG", "INFO"))
-    module = importlib.import_module(COMMANDS[name][0])
-    parser = _Parser(prog=f"ssl-aver {name}", description=COMMANDS[name][1])
-    module.add_arguments(parser)
-    args = parser.parse_args(argv[1:])
-    try:
-        return int(module.run(args) or 0)
-    except UserError as err:
-        sys.stderr.write(f"ssl-aver {name}: error: {err}\n")
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write(f"ssl-aver {name}: interrupted\n")
-        return 130
+    return run_command(name, COMMANDS[name][0], COMMANDS[name][1], argv[1:])
 
 
 if __name__ == "__main__":

@@ -7,8 +7,8 @@ import math
 
 import pytest
 
-from ssl_aver import bench
-from ssl_aver.cli import main
+from ssl_aver.app import bench
+from ssl_aver.app.cli import main
 
 
 def test_goal_bookkeeping_marks_met_and_missed_goals() -> None:

@@ -2,7 +2,7 @@
 
     ssl-aver bench --out DIR [--quick | --preset full] [--device cpu|cuda] [--heads ser,vavl]
 
-Everything runs on data generated here (demo clips from `ssl_aver.demo_corpus`: real faces,
+Everything runs on data generated here (demo clips from `ssl_aver.app.demo_corpora`: real faces,
 espeak-ng speech, simulated OpenFace tracks), in one run on one machine, and lands in
 DIR/bench.json (a list of rows {stage, metric, value, unit, ratio, goal, met, note}) and
 DIR/bench.md (the same as a markdown table). Stages:
@@ -181,7 +181,7 @@ class BenchData:
 def generate_data(work: Path, settings: BenchSettings) -> BenchData:
     """Demo clips via make_demo_corpus; the audio of every clip concatenated and tiled to
     `audio_seconds` (a longer recording made of real generated speech)."""
-    from ssl_aver.demo_corpus import make_demo_corpus
+    from ssl_aver.app.demo_corpora.generate import make_demo_corpus
     from ssl_aver.media import SAMPLE_RATE, load_audio
 
     root = work / "corpus"
@@ -615,7 +615,7 @@ def run_child(kind: str, job: dict[str, Any], timeout_s: float, settings: BenchS
     its result, or {"error": why} when it failed, crashed or ran past `timeout_s`."""
     with tempfile.TemporaryDirectory(prefix="ssl-aver-bench-") as tmp:
         result_path = Path(tmp) / "result.json"
-        command = [sys.executable, "-m", "ssl_aver.bench", "--child", kind, json.dumps(job), str(result_path), str(settings.threads)]
+        command = [sys.executable, "-m", "ssl_aver.app.bench", "--child", kind, json.dumps(job), str(result_path), str(settings.threads)]
         try:
             proc = subprocess.run(command, check=False, env=_child_env(settings), capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -757,16 +757,6 @@ def run_bench(out: str | Path, settings: BenchSettings | None = None, progress: 
     return ordered
 
 
-def demo_stage(ctx: Any) -> dict[str, Any]:
-    """Demo stage `bench`: the tiny preset (SER head only) into OUT/bench; a smoke run of the
-    harness whose figures are too small to quote (use `ssl-aver bench --quick` for those)."""
-    rows = run_bench(ctx.stage_dir("bench"), replace(PRESETS["tiny"], heads=("ser",), seed=ctx.seed), progress=False)
-    goals = [r for r in rows if r["goal"] is not None]
-    failed = [r["metric"] for r in rows if str(r["note"]).startswith("failed:")]
-    headline = f"{sum(bool(r['met']) for r in goals)}/{len(goals)} goals met on the tiny preset, {len(rows)} rows, {len(failed)} failed"
-    return {"rows": len(rows), "goals": len(goals), "goals_met": sum(bool(r["met"]) for r in goals), "failed": failed, "headline": headline}
-
-
 # ----------------------------------------------------------------------------- CLI
 
 
@@ -797,6 +787,6 @@ def run(args: argparse.Namespace) -> int:
 if __name__ == "__main__":
     if len(sys.argv) == 6 and sys.argv[1] == "--child":
         raise SystemExit(_child_main(*sys.argv[2:]))
-    from ssl_aver.cli import main
+    from ssl_aver.app.cli import main
 
     raise SystemExit(main(["bench", *sys.argv[1:]]))

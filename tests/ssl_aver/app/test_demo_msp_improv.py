@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from ssl_aver import demo_msp_improv as dm
+from ssl_aver.app.demo_corpora import msp_improv as dm
 from ssl_aver.corpora.msp_improv import parse_clip_name, prepare_msp_improv
 from ssl_aver.errors import UserError
 from ssl_aver.media import iter_frames, load_audio, probe
@@ -121,7 +121,7 @@ def test_same_settings_same_bytes_and_reuse(demo: tuple[Path, dict], tmp_path: P
     again = dm.make_demo_msp_improv(out, seed=3, sessions=1, clips_per_speaker=4, workers=1, progress=False)
     assert again["reused"] and again["files"] == summary["files"]
     twin = tmp_path / "twin"
-    code = f"from ssl_aver.demo_msp_improv import make_demo_msp_improv as m; m({str(twin)!r}, seed=3, sessions=1, clips_per_speaker=4, workers=2, progress=False)"
+    code = f"from ssl_aver.app.demo_corpora.msp_improv import make_demo_msp_improv as m; m({str(twin)!r}, seed=3, sessions=1, clips_per_speaker=4, workers=2, progress=False)"
     subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "PYTHONHASHSEED": "7"})
     for rel in summary["files"]:
         assert (out / rel).read_bytes() == (twin / rel).read_bytes(), rel

