@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from ssl_aver.crema_d_labels import EMOTIONS, crema_d_labels, load_votes
-from ssl_aver.corpora.crema_d import read_crema_d, read_demographics
+from ssl_aver.crema_d_labels import EMOTIONS
+from ssl_aver.corpora.crema_d import rated_clips
 from ssl_aver.errors import MediaError, UserError
 from ssl_aver.media import load_audio
 
@@ -111,16 +111,7 @@ def crema_d_task(
         raise UserError(f"data.condition must be one of {CONDITIONS}, got {condition!r}")
     if task not in TARGETS:
         raise UserError(f"data.target must be one of {', '.join(TARGETS)}, got {task!r}")
-    corpus = read_crema_d(root)
-    votes_path = votes or corpus.votes_path
-    if votes_path is None:
-        raise UserError(f"no ratings: {Path(root) / 'processedResults' / 'tabulatedVotes.csv'} is missing (or set data.votes)")
-    demo = read_demographics(demographics) if demographics else (corpus.demographics or None)
-    table = crema_d_labels(load_votes(votes_path), demographics=demo, tie_break=tie_break)
-    present = {c.clip for c in corpus.clips}
-    dropped = [{"clip": c, "reason": "rated but no media under the corpus folder"} for c in sorted(set(table["clip"]) - present)]
-    dropped += [{"clip": c, "reason": "media without ratings"} for c in sorted(present - set(table["clip"]))]
-    table = table[table["clip"].isin(present)].reset_index(drop=True)
+    table, _, dropped = rated_clips(root, votes, demographics, tie_break)
     if task == "multiclass":
         label = table[f"{condition}_label"]
         for clip in table.loc[label.isna(), "clip"]:

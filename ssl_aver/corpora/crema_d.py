@@ -111,6 +111,24 @@ def read_crema_d(root: str | Path) -> CremaD:
     )
 
 
+def rated_clips(root: str | Path, votes: str | Path | None = None, demographics: str | Path | None = None, tie_break: str = "intensity"):
+    """The label table (`crema_d_labels`) of the clips that have both media and ratings, their
+    media by clip, and the clips left out with their reasons."""
+    from ssl_aver.crema_d_labels import crema_d_labels, load_votes
+
+    corpus = read_crema_d(root)
+    votes_path = votes or corpus.votes_path
+    if votes_path is None:
+        raise UserError(f"no ratings: {Path(root) / 'processedResults' / 'tabulatedVotes.csv'} is missing (or set data.votes)")
+    demo = read_demographics(demographics) if demographics else (corpus.demographics or None)
+    table = crema_d_labels(load_votes(votes_path), demographics=demo, tie_break=tie_break)
+    media = {c.clip: c for c in corpus.clips}
+    left_out = [{"clip": c, "reason": "rated but no media under the corpus folder"} for c in sorted(set(table["clip"]) - set(media))]
+    left_out += [{"clip": c, "reason": "media without ratings"} for c in sorted(set(media) - set(table["clip"]))]
+    left_out += list(corpus.skipped)
+    return table[table["clip"].isin(set(media))].reset_index(drop=True), media, left_out
+
+
 def prepare_crema_d(root: str | Path, votes: str | Path | None = None, demographics: str | Path | None = None, tie_break: str = "intensity"):
     """CREMA-D as a labelled-corpus manifest (`ssl_aver.corpora.labelled`): one target group per
     rating condition (voice, face, av) of each kind: multiclass (the plurality label, ties by
@@ -122,19 +140,9 @@ def prepare_crema_d(root: str | Path, votes: str | Path | None = None, demograph
     import pandas as pd
 
     from ssl_aver.corpora.labelled import LabelledCorpus
-    from ssl_aver.crema_d_labels import EMOTIONS, crema_d_labels, load_votes
+    from ssl_aver.crema_d_labels import EMOTIONS
 
-    corpus = read_crema_d(root)
-    votes_path = votes or corpus.votes_path
-    if votes_path is None:
-        raise UserError(f"no ratings: {Path(root) / 'processedResults' / 'tabulatedVotes.csv'} is missing (or give votes=PATH)")
-    demo = read_demographics(demographics) if demographics else (corpus.demographics or None)
-    table = crema_d_labels(load_votes(votes_path), demographics=demo, tie_break=tie_break)
-    media = {c.clip: c for c in corpus.clips}
-    failures = [{"clip": c, "reason": "rated but no media under the corpus folder"} for c in sorted(set(table["clip"]) - set(media))]
-    failures += [{"clip": c, "reason": "media without ratings"} for c in sorted(set(media) - set(table["clip"]))]
-    failures += list(corpus.skipped)
-    table = table[table["clip"].isin(set(media))].reset_index(drop=True)
+    table, media, failures = rated_clips(root, votes, demographics, tie_break)
     out = pd.DataFrame({
         "clip": table["clip"], "audio": [media[c].audio or "" for c in table["clip"]], "video": [media[c].video or "" for c in table["clip"]],
         "speaker": table["actor"], "session": None, "sex": table["sex"], "age": table["age"], "race": table["race"], "partition": None,
