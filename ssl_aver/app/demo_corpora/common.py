@@ -388,3 +388,29 @@ def complete_summary(out: Path, params: dict[str, Any]) -> dict[str, Any] | None
         return None
     return summary
 
+
+
+def claim_folder(base: Path, params: dict[str, Any], outputs: Sequence[Path], force: bool, what: str, force_hint: str = "--force") -> Path:
+    """Make `base` this generator's: refuse a non-empty folder made with other settings unless
+    `force` (then only `outputs` are removed), record `params`, and return a fresh work folder
+    (stale ones of an interrupted run are removed)."""
+    import tempfile
+
+    from ssl_aver.io import write_json
+
+    params_path = base / ".params.json"
+    previous = read_json(params_path) if params_path.is_file() else None
+    if base.is_dir() and any(base.iterdir()) and previous != params:
+        if not force:
+            raise UserError(f"{base} is not empty and holds no {what} made with these settings; choose an empty folder or pass {force_hint}")
+        for target in outputs:
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    require_tools()
+    base.mkdir(parents=True, exist_ok=True)
+    write_json(params_path, params)
+    for stale in base.glob(".work-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=".work-", dir=base))

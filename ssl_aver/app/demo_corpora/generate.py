@@ -28,14 +28,13 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Sequence
 
-from ssl_aver.app.demo_corpora.common import PITCH_RANGES, complete_summary, prepare_sources, require_tools
+from ssl_aver.app.demo_corpora.common import PITCH_RANGES, claim_folder, complete_summary, prepare_sources
 from ssl_aver.app.demo_corpora.crema_d import (
     CremaJob,
     CremaTables,
@@ -47,7 +46,7 @@ from ssl_aver.app.demo_corpora.crema_d import (
 )
 from ssl_aver.app.demo_corpora.unlabeled import UnlabeledJob, plan_unlabeled, run_unlabeled_job
 from ssl_aver.errors import UserError
-from ssl_aver.io import atomic_write_text, read_json, write_json
+from ssl_aver.io import atomic_write_text, write_json
 
 #: Bump when the generated content changes, so a stale corpus is not reused.
 GENERATOR_VERSION = 1
@@ -120,23 +119,7 @@ def make_demo_corpus(
     done = complete_summary(base, params)
     if done is not None:
         return {**done, "reused": True, "seconds": round(time.perf_counter() - started, 2)}
-    params_path = base / ".params.json"
-    previous = read_json(params_path) if params_path.is_file() else None
-    if base.is_dir() and any(base.iterdir()) and previous != params:
-        if not force:
-            raise UserError(f"{base} is not empty and holds no demo corpus made with these settings; choose an empty folder or pass --force")
-        for name in _OUTPUTS:
-            target = base / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    require_tools()
-    base.mkdir(parents=True, exist_ok=True)
-    write_json(params_path, params)
-    for stale in base.glob(".work-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(prefix=".work-", dir=base))
+    work = claim_folder(base, params, [base / name for name in _OUTPUTS], force, "demo corpus")
     try:
         sources = prepare_sources(work, fps)
         jobs: list[UnlabeledJob | CremaJob] = list(plan_unlabeled(base, unlabeled, seed, sources, tuple(unlabeled_size), fps))

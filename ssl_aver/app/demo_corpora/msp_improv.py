@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -51,6 +50,7 @@ from ssl_aver.app.demo_corpora.common import (
     FaceSource,
     Framing,
     Take,
+    claim_folder,
     complete_summary,
     derive_seed,
     finish_audio,
@@ -58,13 +58,12 @@ from ssl_aver.app.demo_corpora.common import (
     prepare_sources,
     random_framing,
     random_start,
-    require_tools,
     silence,
     synthesize,
     write_wav,
 )
 from ssl_aver.errors import UserError
-from ssl_aver.io import atomic_write_text, read_json, write_json
+from ssl_aver.io import atomic_write_text, write_json
 
 #: Bump when the generated content changes, so a stale corpus is not reused.
 GENERATOR_VERSION = 1
@@ -298,22 +297,8 @@ def make_demo_msp_improv(
     done = complete_summary(base, params)
     if done is not None:
         return {**done, "reused": True, "seconds": round(time.perf_counter() - started, 2)}
-    params_path = base / ".params.json"
-    previous = read_json(params_path) if params_path.is_file() else None
-    if base.is_dir() and any(base.iterdir()) and previous != params:
-        if not force:
-            raise UserError(f"{base} is not empty and holds no demo MSP-IMPROV corpus made with these settings; choose an empty folder or pass force")
-        for target in [base / name for name in _OUTPUTS] + sorted(base.glob("session*")):
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    require_tools()
-    base.mkdir(parents=True, exist_ok=True)
-    write_json(params_path, params)
-    for stale in base.glob(".work-*"):
-        shutil.rmtree(stale, ignore_errors=True)
-    work = Path(tempfile.mkdtemp(prefix=".work-", dir=base))
+    outputs = [base / name for name in _OUTPUTS] + sorted(base.glob("session*"))
+    work = claim_folder(base, params, outputs, force, "demo MSP-IMPROV corpus", force_hint="force")
     try:
         planned = plan(base, seed, sessions, clips_per_speaker, prepare_sources(work, fps), tuple(size), fps)
         results = _run([p.job for p in planned], max(1, workers or os.cpu_count() or 1), progress)
