@@ -37,7 +37,11 @@ is computed once.
 The test split is streamed: each batch is read once, degraded under every condition and seed,
 scored, and dropped, so memory holds one batch (not the split: a 25-layer WavLM test split of
 CREMA-D is ~20 GB). Several runs (`--compare`, or `runs:` in the config) are compared only when
-they test the same splits with the same actors and the same clips (else a UserError).
+they test the same splits with the same actors and the same clips (else a UserError); with
+`clips: common` each is restricted to the clips all of them test. An `ssl-aver compare` folder
+given as a run stands for every system of the comparison (paper 4 Figs. 3 and 5: all systems on
+one plot) and defaults to common clips (`clips: auto`), since its unimodal systems also test
+clips without a face that the audio-visual ones cannot.
 
 Intervals (`ci`): percentile bootstrap over TEST CLIPS of the mean over splits and seeds: each
 replicate resamples the clips of every split (with replacement, the same resample for all
@@ -97,6 +101,9 @@ DEFAULTS: dict[str, Any] = {
     "num_threads": 0,
     "progress": True,
     "plot": True,
+    # same: refuse runs whose evaluated clips differ; common: evaluate every run on the clips all of them
+    # evaluate (an audio-only head also tests clips without a face); auto: common for a comparison folder
+    "clips": "auto",
 }
 
 SWEEP_DEFAULTS: dict[str, Any] = {
@@ -348,6 +355,7 @@ class LoadedRun:
             raise UserError(f"run {self.path} reads raw waveforms (wav2vec2); the robustness suite needs feature-store inputs")
         self.label = f"{self.cfg.head} ({self.path.name})"
         self._clips: dict[tuple[int, str], list[str]] = {}
+        self.keep: dict[int, set[str]] = {}  # split -> the clips to evaluate, when restricted to those common to compared runs
 
     @functools.cached_property
     def task(self) -> Any:
@@ -420,16 +428,34 @@ class LoadedRun:
                 raise UserError(f"{self.path}/split_{k:02d}/model.safetensors does not fit head '{self.cfg.head}' as configured ({str(err).splitlines()[0]})") from None
             model.to(device).eval()
             dataset = data[data_set]
+            if k in self.keep:
+                dataset.rows = [row for row in dataset.rows if row[0] in self.keep[k]]
             loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=dataset.collate)
             table = parts[data_set].set_index("clip")
             targets = {clip: row for clip, row in zip(table.index, table[task.targets].to_numpy(np.float32))}
             yield RunSplit(k, model, loader, targets, frames)
 
 
-def check_comparable(runs: Sequence[LoadedRun], wanted: Sequence[int] | None, data_set: str) -> None:
-    """Refuse runs that would be compared on different splits or clips (one line naming both runs and the difference)."""
+def check_comparable(runs: Sequence[LoadedRun], wanted: Sequence[int] | None, data_set: str, common: bool = False) -> dict[str, int]:
+    """Refuse runs that would be compared on different splits or clips (one line naming both runs and
+    the difference). With `common`, runs whose clips differ are all restricted to the clips every
+    run evaluates (`LoadedRun.keep`); returns how many clips each run then leaves out."""
     first = runs[0]
     ids = first.split_ids(wanted)
+    if common:
+        for other in runs[1:]:
+            if other.split_ids(wanted) != ids or any(first.splits[k] != other.splits[k] for k in ids):
+                break
+        else:
+            left = {r.label: 0 for r in runs}
+            for k in ids:
+                shared = set.intersection(*(set(r.eval_clips(k, data_set)) for r in runs))
+                if not shared:
+                    raise UserError(f"split {k}: no {data_set} clip is evaluated by every run; they cannot be compared")
+                for r in runs:
+                    r.keep[k] = shared
+                    left[r.label] += len(r.eval_clips(k, data_set)) - len(shared)
+            return left
     for other in runs[1:]:
         pair = f"cannot compare runs {first.path} and {other.path}"
         other_ids = other.split_ids(wanted)
@@ -445,7 +471,8 @@ def check_comparable(runs: Sequence[LoadedRun], wanted: Sequence[int] | None, da
                 only_a, only_b = sorted(set(clips_a) - set(clips_b)), sorted(set(clips_b) - set(clips_a))
                 example = (only_a or only_b or ["(same clips, other order)"])[0]
                 raise UserError(f"{pair}: split {k} has different {data_set} clips ({len(only_a)} only in the first, {len(only_b)} only "
-                                f"in the second, e.g. {example}); train both on the same corpus, labels and feature stores")
+                                f"in the second, e.g. {example}); train both on the same corpus, labels and feature stores, or set clips=common")
+    return {r.label: 0 for r in runs}
 
 
 def _device(name: str) -> torch.device:
@@ -477,11 +504,13 @@ def evaluate_run(run: LoadedRun, cfg: DictConfig, device: torch.device) -> dict[
     frames_seen: dict[str, dict[str, list[int]]] = {key: {m: [0, 0] for m in MODALITIES} for key in computed}
     nonfinite: dict[str, int] = {key: 0 for key in computed}
     weights: list[np.ndarray] = []
+    clips: list[int] = []
     bar = tqdm(total=0, desc=f"robustness {run.label}", unit="batch", disable=not cfg.progress, leave=False)
     for split in run.iter_splits(ids, str(cfg.data_set), int(cfg.batch_size), device):
         bar.total += len(split.loader)
         bar.refresh()
         weights.append(bootstrap_counts(split.n_clips, int(cfg.bootstrap), split.k))
+        clips.append(split.n_clips)
         parts: dict[str, list[list[np.ndarray]]] = {key: [[] for _ in todo] for key, todo in runs_of.items()}
         for batch in split.loader:
             targets = np.stack([split.targets[c] for c in batch["clips"]])
@@ -505,7 +534,7 @@ def evaluate_run(run: LoadedRun, cfg: DictConfig, device: torch.device) -> dict[
     level = float(cfg.ci_level)
     scores = {key: summarise(stats[key], weights, len(classes), level) for key in computed}
     results: dict[str, Any] = {"run": str(run.path), "head": str(run.cfg.head), "label": run.label, "splits": ids,
-                               "seeds": seeds, "classes": classes, "clean": {},
+                               "clips": clips, "seeds": seeds, "classes": classes, "clean": {},
                                "fills": {fill: {"random": {}, "markov": {}, "missing": {}} for fill in _fills(cfg)}}
     for point in points:
         key = point.computed_as
@@ -642,19 +671,25 @@ def markdown(results: list[dict[str, Any]]) -> str:
 
 
 def robustness(cfg: DictConfig, runs: Sequence[str | Path]) -> dict[str, Any]:
-    """Evaluate every run under every condition; write robustness.json, robustness.md and plots."""
+    """Evaluate every run (an `ssl-aver compare` folder: each of its systems) under every condition;
+    write robustness.json, robustness.md and plots."""
     if not runs:
         raise UserError("no run to test: give --run DIR (an `ssl-aver finetune` output folder)")
     conditions(cfg, MODALITIES)  # check the grid before loading anything
     if cfg.data_set not in ("train", "dev", "test"):
         raise UserError(f"data_set must be train, dev or test, got {cfg.data_set!r}")
+    if cfg.clips not in ("auto", "same", "common"):
+        raise UserError(f"clips must be auto, same or common, got {cfg.clips!r}")
+    folders = [str(r) for r in runs]
+    runs = expand_runs(folders)
+    from_compare = any((Path(f) / "compare.json").is_file() for f in folders)
+    common = cfg.clips == "common" or (cfg.clips == "auto" and from_compare)
     loaded = [LoadedRun(r) for r in runs]
-    if len(loaded) > 1:
-        check_comparable(loaded, cfg.splits, str(cfg.data_set))
     labels = [r.label for r in loaded]
     for i, run in enumerate(loaded):
         if labels.count(run.label) > 1:
             run.label = f"{run.label} #{i + 1}"
+    left_out = check_comparable(loaded, cfg.splits, str(cfg.data_set), common) if len(loaded) > 1 else {}
     out = Path(cfg.output_dir) if cfg.output_dir else loaded[0].path / "robustness"
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out, "robustness_config.yaml")
@@ -670,6 +705,8 @@ def robustness(cfg: DictConfig, runs: Sequence[str | Path]) -> dict[str, Any]:
               "mean over splits and masking seeds; spread = min/max over splits x seeds",
         "data_set": str(cfg.data_set),
         "fills": {f: FILLS[f] for f in _fills(cfg)},
+        "clips": str(cfg.clips),
+        "left_out": left_out,
         "runs": results,
         "plots": _plot(results, out) if cfg.plot else [],
         "config": to_dict(cfg),
@@ -761,9 +798,19 @@ def _plot_sweep(rows: list[dict[str, Any]], key: str, out: Path) -> str:
 # ----------------------------------------------------------------------------- CLI + demo
 
 
+def expand_runs(paths: Sequence[str | Path]) -> list[str]:
+    """Run folders, with an `ssl-aver compare` folder replaced by the runs of its systems."""
+    from finetune.compare import system_runs
+
+    out: list[str] = []
+    for path in paths:
+        out += [str(p) for p in system_runs(path)] if (Path(path) / "compare.json").is_file() else [str(path)]
+    return out
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--run", help="an `ssl-aver finetune` output folder to test")
+    what.add_argument("--run", help="an `ssl-aver finetune` output folder, or an `ssl-aver compare` folder (every system), to test")
     what.add_argument("--sweep", help="a context-length sweep config, e.g. recipes/finetune/raver_context_sweep.yaml")
     parser.add_argument("--compare", nargs="+", default=[], help="more run folders to test and plot beside --run")
     parser.add_argument("--config", default=None, help="robustness config, e.g. recipes/robustness/crema_d.yaml")

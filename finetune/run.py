@@ -306,6 +306,11 @@ def concordance_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - ccc.mean()
 
 
+def parameter_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Parameters of a head: all of them, and those fine-tuning updates (a frozen encoder is not)."""
+    return {"total": sum(p.numel() for p in model.parameters()), "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+
+
 def _aggregate(per_split: list[dict[str, Any]]) -> dict[str, Any]:
     """Mean/std over splits of the summary metrics and of any numeric metric a head's hook added."""
     out: dict[str, Any] = {}
@@ -507,7 +512,9 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
         loss_fn = getattr(model, "loss", None) or default_loss(task.task, len(task.classes), str(cfg.train.regression_loss))
         loaders = (_loader(data["train"], batch, True, int(cfg.seed) + k, workers), _loader(data["dev"], batch, False, 0, workers))
         trainer = getattr(model, "fit", None)
+        fit_start = time.perf_counter()
         result = (trainer or (lambda *a, **kw: fit(model, *a, **kw)))(*loaders, loss_fn=loss_fn, settings=settings, device=device, progress=bool(cfg.progress))
+        train_seconds = time.perf_counter() - fit_start
         metrics: dict[str, Any] = {}
         hook = getattr(model, "extra_metrics", None)
         if cfg.eval.dev_predictions:
@@ -533,7 +540,8 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
                 metrics = {**scores, "modalities": {}}
             keys = [key for key, value in scores.items() if isinstance(value, float)] if task.task == "regression" else [*SUMMARY_METRICS, *added]
             metrics["modalities"][modality] = {key: scores[key] for key in keys if key in scores}
-        metrics.update({"split": k, "best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history})
+        metrics.update({"split": k, "best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history,
+                        "parameters": parameter_counts(model), "train_seconds": round(train_seconds, 3)})
         weights = split_dir / "model.safetensors"
         save_file({n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()}, str(weights.with_suffix(".tmp")))
         weights.with_suffix(".tmp").replace(weights)
@@ -558,6 +566,9 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
         "overall": by_modality[head_cls.eval_modalities[0]],
         "by_modality": by_modality,
         "seconds": round(time.perf_counter() - start, 2),
+        # the model's size and the fitting time summed over splits (reused splits keep the time they took)
+        "parameters": per_split[0].get("parameters") if per_split else None,
+        "train_seconds": round(sum(float(m.get("train_seconds", 0.0)) for m in per_split), 3),
     }
     write_json(out / "metrics.json", summary)
     (out / "metrics.md").write_text(_markdown(cfg, summary), encoding="utf-8")

@@ -61,6 +61,8 @@ def load_config(
     except OmegaConfBaseException as err:
         source = f" in {path}" if path else ""
         raise UserError(f"unknown or invalid config key {_describe(err)}{source}") from None
+    except TypeError:  # a dotted override that indexes into a list (systems.0.head=...) merges a mapping into it
+        raise UserError(f"an override cannot change one item of a list ({', '.join(overrides)}); edit the YAML or give the whole list") from None
     assert isinstance(cfg, DictConfig)
     return cfg
 

@@ -330,6 +330,70 @@ def _fairness(
     return report
 
 
+def _indicators(p: np.ndarray, y: np.ndarray, task: str) -> tuple[np.ndarray, np.ndarray]:
+    """0/1 targets and decisions: multi-hot above 1/C (multilabel) or the argmax (multiclass)."""
+    if task == "multilabel":
+        return binarize(y), binarize(p)
+    if (y.sum(axis=1) == 0).any():
+        row = int(np.argmax(y.sum(axis=1) == 0))
+        raise UserError(f"multiclass target row {row} is all zero: every sample needs a class")
+    return argmax_one_hot(y), argmax_one_hot(p)
+
+
+def split_mean_scores(
+    parts: Sequence[tuple[np.ndarray, np.ndarray]],
+    task: str,
+    classes: Sequence[str],
+    bootstrap: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> dict[str, Any]:
+    """Every metric as the mean over repeated splits, with a bootstrap interval of that mean.
+
+    parts: one (probabilities, targets) pair per split. A replicate resamples the test clips of
+    every split with replacement (split k seeded with seed + k) and averages the metric over the
+    splits, so the interval covers the number a table reports. Systems scored on the same clips
+    in the same order get the same resamples (their intervals are paired). Returns {"n": clips
+    per split, "mean": {metric: value}, "values": {metric: per-split values}, "ci": {metric:
+    [lo, hi]}, "per_class_f1", "per_class_f1_values", "per_class_f1_ci": {class: ...}}.
+    """
+    if task not in TASKS:
+        raise UserError(f"unknown task '{task}'; choose multilabel or multiclass")
+    if not parts:
+        raise UserError("no split to score")
+    names = [str(c) for c in classes]
+    points, boots, sizes = [], [], []
+    for k, (probs, targets) in enumerate(parts):
+        p, y = _matrix(probs, "predictions"), _matrix(targets, "targets")
+        if p.shape != y.shape or p.shape[1] != len(names) or not len(p):
+            raise UserError(f"split {k}: predictions {p.shape}, targets {y.shape} and {len(names)} classes do not match (or no clip)")
+        y_true, y_pred = _indicators(p, y, task)
+        stats = _sample_stats(y_true, y_pred, p, normalise_rows(y))
+        n = len(p)
+        sizes.append(n)
+        points.append(_scores_from_sums(stats.sum(axis=0), float(n), len(names)))
+        if bootstrap:
+            chunks = [_scores_from_sums(w @ stats, float(n), len(names)) for w in _bootstrap_weights(n, bootstrap, seed + k)]
+            boots.append({key: np.concatenate([b[key] for b in chunks]) for key in chunks[0]})
+    keys = [*SCALAR_METRICS]
+    out: dict[str, Any] = {"n": sizes, "mean": {}, "values": {}, "ci": {}, "bootstrap": {"n": bootstrap, "seed": seed, "level": level}}
+    for key in keys:
+        values = [float(pt[key]) for pt in points]
+        out["values"][key] = values
+        out["mean"][key] = float(np.mean(values))
+        if boots:
+            out["ci"][key] = _percentiles(np.mean([b[key] for b in boots], axis=0), level).tolist()
+    per_class = np.stack([pt["per_class_f1"] for pt in points])
+    out["per_class_f1"] = dict(zip(names, map(float, per_class.mean(axis=0))))
+    out["per_class_f1_values"] = {name: per_class[:, j].tolist() for j, name in enumerate(names)}
+    if boots:
+        ci = _percentiles(np.mean([b["per_class_f1"] for b in boots], axis=0), level)
+        out["per_class_f1_ci"] = {name: ci[:, j].tolist() for j, name in enumerate(names)}
+    else:
+        out["per_class_f1_ci"] = {}
+    return out
+
+
 def evaluate_predictions(
     probs: np.ndarray,
     targets: np.ndarray,
@@ -361,13 +425,7 @@ def evaluate_predictions(
     if bootstrap < 0:
         raise UserError(f"--bootstrap must be >= 0, got {bootstrap}")
     n, c = p.shape
-    if task == "multilabel":
-        y_true, y_pred = binarize(y), binarize(p)
-    else:
-        if (y.sum(axis=1) == 0).any():
-            row = int(np.argmax(y.sum(axis=1) == 0))
-            raise UserError(f"multiclass target row {row} is all zero: every sample needs a class")
-        y_true, y_pred = argmax_one_hot(y), argmax_one_hot(p)
+    y_true, y_pred = _indicators(p, y, task)
     stats = _sample_stats(y_true, y_pred, p, normalise_rows(y))
     point = _scores_from_sums(stats.sum(axis=0), float(n), c)
     result: dict[str, Any] = {"task": task, "n": n, "classes": names,

@@ -38,6 +38,13 @@ HEADS: dict[str, str] = {
     "two_stage_audio": "finetune.heads.two_stage:TwoStageAudioHead",
     "two_stage_video": "finetune.heads.two_stage:TwoStageVideoHead",
     "raver": "finetune.heads.raver:RAVERHead",
+    "uavm": "finetune.heads.uavm:UAVMHead",
+    "auxformer": "finetune.heads.auxformer:AuxFormerHead",
+    "mult": "finetune.heads.mult:MulTHead",
+    "sfav": "finetune.heads.sfav:SFAVHead",
+    "tsltm": "finetune.heads.tsltm:TSLTMHead",
+    "conformer_uni_audio": "finetune.heads.conformer_uni:ConformerUniAudioHead",
+    "conformer_uni_video": "finetune.heads.conformer_uni:ConformerUniVideoHead",
 }
 
 

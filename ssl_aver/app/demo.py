@@ -34,6 +34,7 @@ STAGES: list[tuple[str, str]] = [
     ("regression", "ssl_aver.app.stages.heads:regression_stage"),
     ("two_stage", "ssl_aver.app.stages.heads:two_stage_stage"),
     ("raver", "ssl_aver.app.stages.heads:raver_stage"),
+    ("compare", "ssl_aver.app.stages.tables:compare_stage"),
     ("mer", "ssl_aver.app.stages.tables:mer_stage"),
     ("robustness", "ssl_aver.app.stages.robustness:robustness_stage"),
     ("predict", "ssl_aver.app.stages.predict:predict_stage"),

@@ -176,11 +176,12 @@ def test_vavl_run_trains_unpaired_reports_three_conditions_and_analysis(tiny_cre
     assert history[-1]["train_av_loss"] < history[0]["train_av_loss"]
     # features encode the labels: well above chance (1/6) on held-out actors in each condition
     assert all(summary["by_modality"][m]["accuracy"]["mean"] > 0.4 for m in ("av", "audio", "video"))
-    assert main(["vavl-analysis", "--run", str(out), "--out", str(tmp_path / "analysis")]) == 0
+    assert main(["shared-layers", "--run", str(out), "--out", str(tmp_path / "analysis")]) == 0
     report = json.loads((tmp_path / "analysis" / "shared_embedding.json").read_text())
-    assert report["overall"]["n"] > 0 and 0.0 <= report["overall"]["mean"] <= 2.0
+    overall = report["runs"]["run"]["overall"]
+    assert overall["n"] > 0 and 0.0 <= overall["mean"] <= 2.0 and report["runs"]["run"]["head"] == "vavl"
     assert (tmp_path / "analysis" / "shared_embedding.png").stat().st_size > 0
-    assert main(["vavl-analysis", "--run", str(tmp_path)]) == 2
+    assert main(["shared-layers", "--run", str(tmp_path)]) == 2
 
 
 def test_vavl_with_frozen_pretrained_encoder(tiny_crema, tmp_path):

@@ -38,6 +38,12 @@ def test_demo_runs_every_stage_and_reports_it(tmp_path: Path) -> None:
     for head in ("vavl", "two_stage", "raver"):
         assert set(stages[head]["macro_f1"]) == MODALITIES, head
     assert {"fused_baseline", "fused_jdev"} <= set(stages["mer"]["rows"])
+    compared = stages["compare"]
+    assert set(compared["macro_f1_av"]) == {"RAVER", "VAVL", "UAVM", "AuxFormer", "MulT", "SFAV", "TSLTM"}
+    assert set(compared["macro_f1_unimodal"]) == {"Uni (A) (audio)", "Uni (V) (video)"}
+    assert all(0.0 <= v <= 1.0 for v in compared["macro_f1_av"].values()) and len(compared["p_vs_reference"]) == 6
+    assert (Path(compared["run"]) / "compare.md").is_file()
+    assert any("(AuxFormer)" in label for label in stages["robustness"]["runs"])  # the compare systems are on the plots
     assert stages["corpus"]["msp_improv_clips"] >= 100 and stages["corpus"]["msp_improv_speakers"] == 4
     ccc = stages["regression"]["ccc"]
     assert set(ccc) == MODALITIES and all(set(v) == {"arousal", "valence", "dominance"} for v in ccc.values())

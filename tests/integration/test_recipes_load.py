@@ -51,3 +51,18 @@ def test_feature_recipes_load() -> None:
         assert _first_line(path).startswith("# ssl-aver features extract")
         cls, cfg = resolve_config(None, str(path), [])
         assert cls.name == cfg["extractor"]
+
+
+def test_compare_recipes_load(tmp_path: Path) -> None:
+    """Every comparison recipe parses, and so does the fine-tuning recipe of each of its systems
+    (a system's misspelt model key would otherwise surface only when that system trains)."""
+    from finetune import compare
+
+    recipes = sorted((ROOT / "recipes" / "compare").glob("*.yaml"))
+    assert {p.stem for p in recipes} >= {"paper2_table1", "paper3_table2", "paper4_table2", "demo"}
+    for path in recipes:
+        assert _first_line(path).startswith("# ssl-aver compare --config")
+        cfg = compare.build_config(path, [f"data.root={tmp_path}"])
+        for system in cfg.systems:
+            built = compare.system_config(cfg, system, tmp_path / "out", tmp_path / "splits.csv")
+            assert built.head == system.head

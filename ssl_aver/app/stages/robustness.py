@@ -13,13 +13,13 @@ from ssl_aver.errors import UserError
 
 
 def robustness_stage(ctx: DemoContext) -> dict[str, Any]:
-    """Demo stage `robustness`: the suite on the demo's RAVER run (+ other demo head runs), coarse
-    grid, one seed, both fills.
+    """Demo stage `robustness`: the suite on the demo's RAVER run (+ the other demo head runs and
+    every system of the compare stage, on one plot), coarse grid, one seed, both fills.
 
     `fill_gap` is the mean over the random-masking points of macro-F1 (mask) - macro-F1 (zero):
     how much a head gains from being told which frames are missing.
     """
-    runs = [ctx.results.get(name, {}).get("run") for name in ("raver", "vavl", "two_stage", "mer")]
+    runs = [ctx.results.get(name, {}).get("run") for name in ("raver", "vavl", "two_stage", "mer", "compare")]
     runs = [r for r in runs if r and Path(r).is_dir()]
     if not runs:
         raise UserError("the robustness demo stage needs the raver stage's run")

@@ -1,5 +1,5 @@
 """Demo stages that write the papers' tables in miniature: `ser` (paper 1 Table 2), `ablation`
-(paper 1 Table 3) and `mer` (paper 5 Table 1)."""
+(paper 1 Table 3), `compare` (papers 2-4's comparison tables) and `mer` (paper 5 Table 1)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from omegaconf import OmegaConf
 
 from finetune.ablate import ablate
 from finetune.ablate import build_config as ablation_config
+from finetune.compare import build_config as compare_config
+from finetune.compare import compare_systems
 from finetune.experiment import build_config as experiment_config
 from finetune.experiment import experiment
 from finetune.mer_fusion import DECODERS, SCORES, mer_table
@@ -35,6 +37,33 @@ def ser_stage(ctx: DemoContext) -> dict[str, Any]:
         "p_value": test["p"],
         "significant": test["significant"],
         "headline": f"macro-F1 supervised {f1['supervised']:.3f} vs pretext {f1['pretext']:.3f} (one-tailed p = {test['p'] if test['p'] is None else round(test['p'], 4)})",
+    }
+
+
+def compare_stage(ctx: DemoContext) -> dict[str, Any]:
+    """Demo stage `compare`: every comparison system (recipes/compare/demo.yaml) on the demo CREMA-D
+    stores, on the demo heads' 3 splits, scored on common clips against RAVER."""
+    features = ctx.results.get("features", {})
+    if not features.get("audio_store") or not features.get("video_store"):
+        raise UserError("the compare demo stage needs the features stage's audio_store and video_store")
+    cfg = compare_config(RECIPES / "compare" / "demo.yaml", [
+        f"output_dir={ctx.stage_dir('compare')}", f"seed={ctx.seed}", f"data.root={ctx.data / 'crema-d'}",
+        f"finetune.overrides=[features.audio.store={features['audio_store']},features.video.store={features['video_store']}]",
+    ])
+    report = compare_systems(cfg, force=True)
+    av = report["conditions"]["av"]["systems"]
+    f1 = {name: round(scores["mean"]["macro_f1"], 4) for name, scores in av.items()}
+    tests = report["conditions"]["av"]["significance"]["tests"]
+    unimodal = {f"{name} ({condition})": round(entry["systems"][name]["mean"]["macro_f1"], 4)
+                for condition, entry in report["conditions"].items() if condition != "av" for name in entry["systems"] if name not in av}
+    return {
+        "run": str(Path(cfg.output_dir)),
+        "macro_f1_av": f1,
+        "macro_f1_unimodal": unimodal,
+        "p_vs_reference": {name: test["p"] for name, test in tests.items()},
+        "parameters": {name: info["parameters"] for name, info in report["systems"].items()},
+        "headline": "AV macro-F1 " + ", ".join(f"{k} {v:.3f}" for k, v in f1.items())
+                    + "; " + ", ".join(f"{k} {v:.3f}" for k, v in unimodal.items()),
     }
 
 
