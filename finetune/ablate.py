@@ -109,26 +109,36 @@ def _pretrain(cfg: DictConfig, name: str, tasks: list[str], out: Path, force: bo
             return str(encoder)
         pcfg.resume = True
     elif done or started:
-        shutil.rmtree(run_dir)
+        from finetune.grid import process_state
+
+        state = process_state()  # every launched process pretrains (DDP); one clears the stale run
+        if state.is_main_process:
+            shutil.rmtree(run_dir)
+        state.wait_for_everyone()
     return str(pretrain(pcfg)["encoder"])
 
 
 def ablate(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
     """Pretrain (or reuse) and fine-tune every set; write table.json and table.md."""
-    from finetune.experiment import run_system
+    from finetune.experiment import system_config
+    from finetune.grid import is_main_process, run_grid
     from finetune.tables import compare, markdown, table_rows
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    if is_main_process():
+        save_config(cfg, out)
     known = set(TASKS)
-    results, encoders = {}, {}
+    encoders = {}
     for name, tasks in cfg.sets.items():
         unknown = sorted(set(tasks) - known)
         if unknown:
             raise UserError(f"set {name}: unknown pretext task(s) {unknown}; known: {sorted(known)}")
+    for name, tasks in cfg.sets.items():
         encoders[str(name)] = _pretrain(cfg, str(name), list(tasks), out, force)
-        results[str(name)] = run_system(cfg, str(name), encoders[str(name)], out, force=force)
+    results = run_grid({str(name): system_config(cfg, str(name), encoders[str(name)], out) for name in cfg.sets}, force=force)
+    if not is_main_process():
+        return {}
     significance = compare(results, str(cfg.reference), str(cfg.test.metric), str(cfg.test.alternative), float(cfg.test.alpha))
     rows = table_rows(results)
     marks = {
@@ -156,7 +166,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from finetune.grid import is_main_process
+
     cfg = build_config(args.config, args.overrides)
     ablate(cfg, force=args.force)
-    print((Path(cfg.output_dir) / "table.md").read_text())
+    if is_main_process():
+        print((Path(cfg.output_dir) / "table.md").read_text())
     return 0

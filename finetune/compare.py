@@ -271,19 +271,18 @@ def compare_systems(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
     from ssl_aver.io import write_dataframe
 
     from finetune.experiment import shared_splits
-    from finetune.run import finetune
+    from finetune.grid import is_main_process, run_grid
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    if is_main_process():
+        save_config(cfg, out)
     splits = shared_splits(cfg, out)
-    runs: dict[str, Path] = {}
-    summaries: dict[str, Any] = {}
-    for system in cfg.systems:
-        system_cfg = system_config(cfg, system, out, splits)
-        print(f"compare: {system.name} ({system.head})", flush=True)
-        summaries[str(system.name)] = finetune(system_cfg, force=force)
-        runs[str(system.name)] = Path(system_cfg.output_dir)
+    configs = {str(system.name): system_config(cfg, system, out, splits) for system in cfg.systems}
+    runs = {name: Path(c.output_dir) for name, c in configs.items()}
+    summaries = run_grid(configs, force=force, progress=bool(configs) and all(bool(c.progress) for c in configs.values()))
+    if not is_main_process():
+        return {}
     report = score_systems(runs, cfg)
     regression = report["task"] == "regression"
     metric = str(cfg.test.metric)
@@ -336,7 +335,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from finetune.grid import is_main_process
+
     cfg = build_config(args.config, args.overrides)
     compare_systems(cfg, force=args.force)
-    print((Path(cfg.output_dir) / "compare.md").read_text())
+    if is_main_process():
+        print((Path(cfg.output_dir) / "compare.md").read_text())
     return 0

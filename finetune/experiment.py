@@ -54,18 +54,17 @@ def check_systems(systems: Any, allowed: Sequence[str]) -> None:
             raise UserError(f"system '{system.get('name')}': unknown key(s) {unknown}; allowed: {list(allowed)}")
 
 
-def run_system(cfg: DictConfig, name: str, encoder: str | None, out: Path, extra: Sequence[str] = (), force: bool = False) -> dict[str, Any]:
-    """Fine-tune one system on the experiment's shared splits and features (finished splits reused
-    when their inputs match; `extra` = the system's own overrides, applied last)."""
+def system_config(cfg: DictConfig, name: str, encoder: str | None, out: Path, extra: Sequence[str] = ()) -> DictConfig:
+    """The fine-tuning recipe of one system on the experiment's shared splits and features
+    (`extra` = the system's own overrides, applied last)."""
     from finetune.run import build_config as finetune_config
-    from finetune.run import finetune
 
     overrides = [
         f"output_dir={out / 'systems' / name}", f"seed={cfg.seed}", f"data.root={cfg.data.root}", f"splits.k={cfg.splits.k}",
         f"splits.seed={cfg.splits.seed}", f"features.cache={out / 'features'}",
         f"encoder={encoder if encoder else 'null'}", f"splits.file={shared_splits(cfg, out)}", *cfg.finetune.overrides, *extra,
     ]
-    return finetune(finetune_config(cfg.finetune.config, overrides), force=force)
+    return finetune_config(cfg.finetune.config, overrides)
 
 
 def shared_splits(cfg: DictConfig, out: Path) -> Path:
@@ -73,23 +72,34 @@ def shared_splits(cfg: DictConfig, out: Path) -> Path:
     from finetune.run import build_config as finetune_config
     from finetune.run import write_shared_splits
 
+    from finetune.grid import process_state
+
     base = finetune_config(cfg.finetune.config, [f"data.root={cfg.data.root}", *cfg.finetune.overrides])
-    return write_shared_splits(base, int(cfg.splits.k), int(cfg.splits.seed), out / "splits.csv")
+    state = process_state()
+    if state.is_main_process:
+        write_shared_splits(base, int(cfg.splits.k), int(cfg.splits.seed), out / "splits.csv")
+    state.wait_for_everyone()
+    return out / "splits.csv"
 
 
 def experiment(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
-    """Fine-tune every system on the shared splits; write table.json and table.md."""
+    """Fine-tune every system on the shared splits (one grid, `finetune.grid`); write table.json and table.md."""
+    from finetune.grid import is_main_process, run_grid
     from finetune.tables import compare, markdown, table_rows
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
-    results = {}
+    if is_main_process():
+        save_config(cfg, out)
+    configs = {}
     for system in cfg.systems:
         encoder = system.get("encoder")
         if encoder and not Path(encoder).is_dir():
             raise UserError(f"system '{system.name}': encoder directory not found: {encoder}")
-        results[str(system.name)] = run_system(cfg, str(system.name), encoder, out, list(system.get("overrides") or []), force=force)
+        configs[str(system.name)] = system_config(cfg, str(system.name), encoder, out, list(system.get("overrides") or []))
+    results = run_grid(configs, force=force)
+    if not is_main_process():
+        return {}
     significance = compare(results, str(cfg.reference), str(cfg.test.metric), str(cfg.test.alternative), float(cfg.test.alpha))
     rows = table_rows(results)
     report = {"rows": rows, "significance": significance, "systems": {k: v["overall"] for k, v in results.items()}}
@@ -105,7 +115,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from finetune.grid import is_main_process
+
     cfg = build_config(args.config, args.overrides)
     experiment(cfg, force=args.force)
-    print((Path(cfg.output_dir) / "table.md").read_text())
+    if is_main_process():
+        print((Path(cfg.output_dir) / "table.md").read_text())
     return 0

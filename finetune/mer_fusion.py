@@ -246,8 +246,9 @@ def mer_table(
     several visual models, stacked into OUT/video_stack as the runs' visual store."""
     import pandas as pd
 
+    from finetune.grid import is_main_process, process_state, run_grid
     from finetune.heads.mer import parse_valence_scale, stack_face_stores
-    from finetune.run import build_config, finetune
+    from finetune.run import build_config
     from finetune.tables import check_test, compare
 
     unknown = sorted(set(structures) - set(STRUCTURES)) + sorted(set(decoders) - set(DECODERS))
@@ -265,19 +266,27 @@ def mer_table(
         raise UserError(f"mer-table needs a recipe of the mer head, got head={base.head}")
     out = Path(base.output_dir)
     if video_stores:
-        overrides = [*overrides, f"features.video.store={stack_face_stores(video_stores, out / 'video_stack', replace=True)}"]
+        state = process_state()
+        if state.is_main_process:
+            stack_face_stores(video_stores, out / "video_stack", replace=True)
+        state.wait_for_everyone()
+        overrides = [*overrides, f"features.video.store={out / 'video_stack'}"]
     first = build_config(config, [*overrides, f"output_dir={out / f'{structures[0]}_{decoders[0]}'}"])
     n_acoustic, n_visual = check_inputs(first, structures)
     rows: list[dict[str, Any]] = []
     fused: dict[str, Any] = {}
-    summaries: dict[str, Any] = {}
+    configs = {
+        f"{structure}_{decoder}": build_config(config, [*overrides, f"output_dir={out / f'{structure}_{decoder}'}", f"model.structure={structure}",
+                                                        f"model.decoder={decoder}", "eval.dev_predictions=true"])
+        for decoder in decoders for structure in structures
+    }
+    summaries: dict[str, Any] = run_grid(configs, force=force)
+    if not is_main_process():
+        return {"rows": []}
     for decoder in decoders:
         run_dirs = []
         for structure in structures:
-            run_dir = out / f"{structure}_{decoder}"
-            cfg = build_config(config, [*overrides, f"output_dir={run_dir}", f"model.structure={structure}", f"model.decoder={decoder}", "eval.dev_predictions=true"])
-            summaries[f"{structure}_{decoder}"] = finetune(cfg, force=force)
-            run_dirs.append(run_dir)
+            run_dirs.append(out / f"{structure}_{decoder}")
             primary = summaries[f"{structure}_{decoder}"]["overall"]
             rows.append({"structure": structure, "decoder": decoder, **{k: primary[k]["mean"] for k in SCORES}, **{f"{k}_std": primary[k]["std"] for k in SCORES}})
         if len(run_dirs) > 1:

@@ -342,7 +342,7 @@ class Predictor:
         "top", ["labels": multi-hot decision of a multi-label head,] [other head outputs such as
         "valence",] "error"} with `error` None, or the reason a clip could not be used.
         """
-        from tqdm.auto import tqdm
+        from ssl_aver.progress import tqdm
 
         self._wanted(modalities)
         inputs = collect_inputs([path_or_paths] if isinstance(path_or_paths, (str, Path)) else list(path_or_paths))

@@ -67,12 +67,12 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 from omegaconf import DictConfig
-from tqdm.auto import tqdm
 
 from ssl_aver.config import load_config, save_config, to_dict
 from ssl_aver.errors import UserError
 from ssl_aver.io import atomic_write_text, seed_everything, write_json
 from ssl_aver.masking import aligned_markov_loss, default_levels, drop_frames, markov_loss, random_drop, stationary_loss_rate
+from ssl_aver.progress import tqdm
 
 MODALITIES = ("audio", "video")
 FILLS = {

@@ -20,16 +20,17 @@ from __future__ import annotations
 import argparse
 import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from ssl_aver.config import load_config, save_config
 from ssl_aver.errors import UserError
-from ssl_aver.io import seed_everything, sha256_file, write_dataframe, write_json
+from ssl_aver.io import read_json, seed_everything, sha256_file, write_dataframe, write_json
 
 SUMMARY_METRICS = (
     "accuracy", "macro_precision", "macro_recall", "macro_f1", "micro_precision", "micro_recall", "micro_f1",
@@ -85,11 +86,18 @@ DEFAULTS: dict[str, Any] = {
         "regression_loss": "ccc",
         "max_steps": None,
         "grad_clip": 0.0,
+        # no | bf16 | fp16 (torch.autocast of the training forward passes) and batches per optimizer step
+        "mixed_precision": "no",
+        "grad_accum": 1,
         "num_workers": 0,
         "num_threads": 0,
     },
     "eval": {"bootstrap": 1000, "groups": ["sex", "race", "age_group"], "dev_predictions": False},
 }
+
+#: Keys added after runs were recorded, left out of inputs.json at these values (the only ones
+#: earlier runs had), so a run made before the key existed is still reused.
+NEUTRAL_DEFAULTS = {"train.mixed_precision": "no", "train.grad_accum": 1}
 
 #: Config keys that cannot change a result, or whose content a checksum in inputs.json stands for.
 UNRECORDED_KEYS = ("output_dir", "progress", "device", "encoder", "features", "splits", "train.num_workers", "train.num_threads")
@@ -185,7 +193,6 @@ def write_shared_splits(base: DictConfig, k: int, seed: int, path: Path) -> Path
     `splits.file` of the recipe other than `path` itself (e.g. imported published partitions)
     is copied in, checked, instead of making splits by `splits.protocol`.
     """
-    from omegaconf import OmegaConf
 
     from finetune.data import load_task
     from ssl_aver.splits import save_splits
@@ -209,7 +216,7 @@ def train_settings(cfg: DictConfig) -> Any:
         epochs=int(t.pretrained_epochs if cfg.encoder else t.epochs), lr=float(t.lr), batch_size=int(t.batch_size),
         optimizer=str(t.optimizer), weight_decay=float(t.weight_decay), betas=tuple(t.betas), lr_patience=optional(t.lr_patience),
         lr_factor=float(t.lr_factor), early_stop_patience=optional(t.early_stop_patience), grad_clip=float(t.grad_clip),
-        max_steps=optional(t.max_steps),
+        max_steps=optional(t.max_steps), mixed_precision=str(t.mixed_precision), grad_accum=int(t.grad_accum),
     )
 
 
@@ -217,8 +224,9 @@ def inputs_record(cfg: DictConfig, task: Any, stores: dict[str, Path], splits: l
     """What a run's results depend on (written as inputs.json; see the module docstring)."""
     from ssl_aver import provenance
 
+    neutral = [key for key, value in NEUTRAL_DEFAULTS.items() if OmegaConf.select(cfg, key) == value]
     return {
-        "config": provenance.config_record(cfg, UNRECORDED_KEYS),
+        "config": provenance.config_record(cfg, (*UNRECORDED_KEYS, *neutral)),
         "encoder": provenance.encoder_fingerprint(cfg.encoder),
         "stores": {m: provenance.feature_store_fingerprint(p) for m, p in sorted(stores.items())},
         "labels_sha256": provenance.digest(task.labels.to_csv(index=False)),
@@ -435,35 +443,46 @@ def _inference_record(cfg: DictConfig, task: Any, stores: dict[str, Path], wave:
     return record
 
 
-def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
-    """Run the recipe; returns the summary also written to OUT/metrics.json.
+@dataclass
+class RunPlan:
+    """Everything a run's splits share, prepared once (`plan_run`): the resolved inputs and where
+    results go. `run_split` trains and evaluates one split of it; `summarize` writes the run."""
 
-    Finished splits of an earlier run in the same folder are reused when its inputs.json
-    matches; otherwise a UserError names what changed, or `force` recomputes every split.
-    """
-    from safetensors.torch import save_file
+    cfg: DictConfig
+    out: Path
+    settings: Any
+    device: torch.device
+    head_cls: Any
+    task: Any
+    splits: list[Any]
+    stores: dict[str, Path]
+    paths: dict[str, str]
+    wave: bool
+    resume: bool
+    groups: list[str]
+    start: float = field(default_factory=time.perf_counter)
 
-    from ssl_aver.metrics import evaluate_predictions, evaluate_regression
 
+def plan_run(cfg: DictConfig, force: bool = False, write: bool = True, device: str | None = None) -> RunPlan:
+    """Resolve a recipe's inputs (labels, splits, feature stores: extracted once into the cache)
+    and claim its folder: finished splits are kept when the recorded inputs match, else a
+    UserError names what changed, or `force` removes them. `write=False` (a grid worker, after
+    the main process planned the run) only checks that the folder's record is this run's.
+    `device` overrides `cfg.device` (a grid process's own device)."""
     from finetune.data import load_task
     from finetune.heads import head_class
     from finetune.heads.ser import encoder_kind
-    from finetune.trainer import fit, predict_outputs
-
-    from tqdm.auto import tqdm
 
     from ssl_aver import provenance
-    from ssl_aver.io import read_json
-    from ssl_aver.splits import groups_in_test, save_splits
+    from ssl_aver.splits import save_splits
 
-    start = time.perf_counter()
     out = Path(cfg.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
     settings = train_settings(cfg)
     if int(cfg.train.num_threads):
         torch.set_num_threads(int(cfg.train.num_threads))
     seed_everything(int(cfg.seed))
-    device = _device(str(cfg.device))
     head_cls = head_class(str(cfg.head))
     task = load_task(cfg.data)
     supported = getattr(head_cls, "tasks", ("multiclass", "multilabel"))
@@ -486,67 +505,111 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
     # A split is finished once its metrics.json (written last) exists; it is reused only when the
     # run's inputs are unchanged, and stale splits (other inputs, --force) are removed first.
     record = inputs_record(cfg, task, stores, splits)
-    finished = sorted(out.glob("split_*/metrics.json"))
-    resume = provenance.check_reuse(out, record, finished=bool(finished), force=force, what="fine-tuning run")
-    if not resume:
-        for stale in out.glob("split_*"):
-            shutil.rmtree(stale)
-    provenance.write_record(out, record)
-    save_config(cfg, out)
-    save_splits(splits, out / "splits.csv")
-    write_json(out / "inference.json", _inference_record(cfg, task, stores, wave))
-    groups_cols = [g for g in cfg.eval.groups if g in task.labels.columns]
+    if not write:
+        changed = provenance.changed_inputs(read_json(out / provenance.RECORD) if (out / provenance.RECORD).is_file() else None, record)
+        if changed:
+            raise UserError(f"{out} was prepared for other inputs (changed: {provenance.describe(changed)}); rerun the grid")
+        resume = True
+    else:
+        finished = sorted(out.glob("split_*/metrics.json"))
+        resume = provenance.check_reuse(out, record, finished=bool(finished), force=force, what="fine-tuning run")
+        if not resume:
+            for stale in out.glob("split_*"):
+                shutil.rmtree(stale)
+        provenance.write_record(out, record)
+        save_config(cfg, out)
+        save_splits(splits, out / "splits.csv")
+        write_json(out / "inference.json", _inference_record(cfg, task, stores, wave))
+    return RunPlan(cfg, out, settings, _device(device or str(cfg.device)), head_cls, task, splits, stores, paths, wave, resume,
+                   [g for g in cfg.eval.groups if g in task.labels.columns])
+
+
+def split_done(plan: RunPlan, k: int) -> bool:
+    """True when split k of the run is finished (its metrics.json, written last, and weights exist)."""
+    split_dir = plan.out / f"split_{k:02d}"
+    return plan.resume and (split_dir / "metrics.json").is_file() and (split_dir / "model.safetensors").is_file()
+
+
+def run_split(plan: RunPlan, k: int) -> dict[str, Any]:
+    """Train split k on train, choose it on dev, evaluate it once on test in every condition of
+    the head; write split_XX/ (weights, predictions, metrics.json last). A finished split is read back."""
+    from safetensors.torch import save_file
+
+    from ssl_aver.metrics import evaluate_predictions, evaluate_regression
+
+    from finetune.trainer import fit, predict_outputs
+
+    cfg, task, head_cls = plan.cfg, plan.task, plan.head_cls
+    split_dir = plan.out / f"split_{k:02d}"
+    if split_done(plan, k):
+        return read_json(split_dir / "metrics.json")
     batch, workers = int(cfg.train.batch_size), int(cfg.train.num_workers)
-    per_split: list[dict[str, Any]] = []
-    for k, split in enumerate(tqdm(splits, desc=f"{cfg.head} splits", disable=not cfg.progress)):
-        split_dir = out / f"split_{k:02d}"
-        if resume and (split_dir / "metrics.json").is_file() and (split_dir / "model.safetensors").is_file():
-            per_split.append(read_json(split_dir / "metrics.json"))
-            continue
-        seed_everything(int(cfg.seed) + k)
-        parts, data, ctx = split_setup(cfg, head_cls, task, split, stores, paths, wave, k)
-        model = head_cls.from_config(cfg.model, len(task.classes), ctx)
-        if cfg.freeze_encoder and hasattr(model, "branch"):
-            for p in model.branch.parameters():
-                p.requires_grad_(False)
-        loss_fn = getattr(model, "loss", None) or default_loss(task.task, len(task.classes), str(cfg.train.regression_loss))
-        loaders = (_loader(data["train"], batch, True, int(cfg.seed) + k, workers), _loader(data["dev"], batch, False, 0, workers))
-        trainer = getattr(model, "fit", None)
-        fit_start = time.perf_counter()
-        result = (trainer or (lambda *a, **kw: fit(model, *a, **kw)))(*loaders, loss_fn=loss_fn, settings=settings, device=device, progress=bool(cfg.progress))
-        train_seconds = time.perf_counter() - fit_start
-        metrics: dict[str, Any] = {}
-        hook = getattr(model, "extra_metrics", None)
-        if cfg.eval.dev_predictions:
-            clips, probs, outputs = predict_outputs(model, loaders[1], device, task.task, modality=head_cls.eval_modalities[0])
-            write_dataframe(split_dir / "predictions_dev.csv", _predictions_frame(clips, probs, outputs, task.classes))
-        for modality in head_cls.eval_modalities:
-            clips, probs, outputs = predict_outputs(model, _loader(data["test"], batch, False, 0, workers), device, task.task, modality=modality)
-            test = parts["test"].set_index("clip").loc[clips]
-            if task.task == "regression":
-                scores = evaluate_regression(probs, test[task.targets].to_numpy(np.float64), task.classes, int(cfg.eval.bootstrap), int(cfg.seed) + k)
-            else:
-                scores = evaluate_predictions(
-                    probs, test[task.targets].to_numpy(np.float32), task.task, task.classes,
-                    groups={g: test[g].to_numpy(dtype=object) for g in groups_cols} or None,
-                    known_groups={g: task.labels[g].to_numpy(dtype=object) for g in groups_cols},
-                    bootstrap=int(cfg.eval.bootstrap), seed=int(cfg.seed) + k,
-                )
-            added = hook(probs, outputs, test, scores) if hook is not None else {}
-            scores.update(added)
-            suffix = "" if modality == head_cls.eval_modalities[0] else f"_{modality}"
-            write_dataframe(split_dir / f"predictions{suffix}.csv", _predictions_frame(clips, probs, outputs, task.classes))
-            if not metrics:
-                metrics = {**scores, "modalities": {}}
-            keys = [key for key, value in scores.items() if isinstance(value, float)] if task.task == "regression" else [*SUMMARY_METRICS, *added]
-            metrics["modalities"][modality] = {key: scores[key] for key in keys if key in scores}
-        metrics.update({"split": k, "best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history,
-                        "parameters": parameter_counts(model), "train_seconds": round(train_seconds, 3)})
-        weights = split_dir / "model.safetensors"
-        save_file({n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()}, str(weights.with_suffix(".tmp")))
-        weights.with_suffix(".tmp").replace(weights)
-        write_json(split_dir / "metrics.json", metrics)
-        per_split.append(metrics)
+    log_attempt(split_dir)
+    seed_everything(int(cfg.seed) + k)
+    parts, data, ctx = split_setup(cfg, head_cls, task, plan.splits[k], plan.stores, plan.paths, plan.wave, k)
+    model = head_cls.from_config(cfg.model, len(task.classes), ctx)
+    if cfg.freeze_encoder and hasattr(model, "branch"):
+        for p in model.branch.parameters():
+            p.requires_grad_(False)
+    loss_fn = getattr(model, "loss", None) or default_loss(task.task, len(task.classes), str(cfg.train.regression_loss))
+    loaders = (_loader(data["train"], batch, True, int(cfg.seed) + k, workers), _loader(data["dev"], batch, False, 0, workers))
+    trainer = getattr(model, "fit", None)
+    fit_start = time.perf_counter()
+    result = (trainer or (lambda *a, **kw: fit(model, *a, **kw)))(*loaders, loss_fn=loss_fn, settings=plan.settings, device=plan.device, progress=bool(cfg.progress))
+    train_seconds = time.perf_counter() - fit_start
+    metrics: dict[str, Any] = {}
+    hook = getattr(model, "extra_metrics", None)
+    if cfg.eval.dev_predictions:
+        clips, probs, outputs = predict_outputs(model, loaders[1], plan.device, task.task, modality=head_cls.eval_modalities[0])
+        write_dataframe(split_dir / "predictions_dev.csv", _predictions_frame(clips, probs, outputs, task.classes))
+    for modality in head_cls.eval_modalities:
+        clips, probs, outputs = predict_outputs(model, _loader(data["test"], batch, False, 0, workers), plan.device, task.task, modality=modality)
+        test = parts["test"].set_index("clip").loc[clips]
+        if task.task == "regression":
+            scores = evaluate_regression(probs, test[task.targets].to_numpy(np.float64), task.classes, int(cfg.eval.bootstrap), int(cfg.seed) + k)
+        else:
+            scores = evaluate_predictions(
+                probs, test[task.targets].to_numpy(np.float32), task.task, task.classes,
+                groups={g: test[g].to_numpy(dtype=object) for g in plan.groups} or None,
+                known_groups={g: task.labels[g].to_numpy(dtype=object) for g in plan.groups},
+                bootstrap=int(cfg.eval.bootstrap), seed=int(cfg.seed) + k,
+            )
+        added = hook(probs, outputs, test, scores) if hook is not None else {}
+        scores.update(added)
+        suffix = "" if modality == head_cls.eval_modalities[0] else f"_{modality}"
+        write_dataframe(split_dir / f"predictions{suffix}.csv", _predictions_frame(clips, probs, outputs, task.classes))
+        if not metrics:
+            metrics = {**scores, "modalities": {}}
+        keys = [key for key, value in scores.items() if isinstance(value, float)] if task.task == "regression" else [*SUMMARY_METRICS, *added]
+        metrics["modalities"][modality] = {key: scores[key] for key in keys if key in scores}
+    metrics.update({"split": k, "best_epoch": result.best_epoch, "best_dev_loss": result.best_dev_loss, "history": result.history,
+                    "parameters": parameter_counts(model), "train_seconds": round(train_seconds, 3)})
+    weights = split_dir / "model.safetensors"
+    save_file({n: t.detach().cpu().contiguous() for n, t in model.state_dict().items()}, str(weights.with_suffix(".tmp")))
+    weights.with_suffix(".tmp").replace(weights)
+    write_json(split_dir / "metrics.json", metrics)
+    return metrics
+
+
+def log_attempt(split_dir: Path) -> None:
+    """Append who starts this split to split_XX/attempts.log (host, process i/N, pid, time): one
+    line per attempt, so a grid's "every job once" and a resumed crash can be read off the folder."""
+    import datetime
+    import os
+    import socket
+
+    split_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = os.environ.get("RANK", "0"), os.environ.get("WORLD_SIZE", "1")
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    with open(split_dir / "attempts.log", "a", encoding="utf-8") as handle:
+        handle.write(f"{stamp} host={socket.gethostname()} process={rank}/{world} pid={os.getpid()}\n")
+
+
+def summarize(plan: RunPlan, per_split: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's summary over its splits (mean/std per test condition), written as metrics.json/md."""
+    from ssl_aver.splits import groups_in_test
+
+    cfg, task, head_cls = plan.cfg, plan.task, plan.head_cls
     by_modality = {m: _aggregate([s["modalities"][m] for s in per_split]) for m in head_cls.eval_modalities}
     summary = {
         "head": str(cfg.head),
@@ -555,24 +618,38 @@ def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
         "corpus": str(cfg.data.corpus),
         "condition": str(cfg.data.condition),
         "clips": len(task.labels),
-        "stores": {m: str(p) for m, p in stores.items()},
+        "stores": {m: str(p) for m, p in plan.stores.items()},
         "dropped": task.dropped,
         # per split: its scores, the test set's actors per group (sex, race, ...) and its fairness warnings
         "splits": [
             {**{k: m[k] for k in ("split", "best_epoch", "macro_f1", "micro_f1", "accuracy", "ccc") if k in m},
-             "test_actors": groups_in_test(task.labels, splits[m["split"]], groups_cols), "warnings": m.get("warnings", [])}
+             "test_actors": groups_in_test(task.labels, plan.splits[m["split"]], plan.groups), "warnings": m.get("warnings", [])}
             for m in per_split
         ],
         "overall": by_modality[head_cls.eval_modalities[0]],
         "by_modality": by_modality,
-        "seconds": round(time.perf_counter() - start, 2),
+        "seconds": round(time.perf_counter() - plan.start, 2),
         # the model's size and the fitting time summed over splits (reused splits keep the time they took)
         "parameters": per_split[0].get("parameters") if per_split else None,
         "train_seconds": round(sum(float(m.get("train_seconds", 0.0)) for m in per_split), 3),
     }
-    write_json(out / "metrics.json", summary)
-    (out / "metrics.md").write_text(_markdown(cfg, summary), encoding="utf-8")
+    write_json(plan.out / "metrics.json", summary)
+    (plan.out / "metrics.md").write_text(_markdown(cfg, summary), encoding="utf-8")
     return summary
+
+
+def finetune(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
+    """Run the recipe, split after split; returns the summary also written to OUT/metrics.json.
+
+    Finished splits of an earlier run in the same folder are reused when its inputs.json
+    matches; otherwise a UserError names what changed, or `force` recomputes every split.
+    (`finetune.grid.run_grid` runs the splits of several runs across processes instead.)
+    """
+    from ssl_aver.progress import tqdm
+
+    plan = plan_run(cfg, force)
+    per_split = [run_split(plan, k) for k in tqdm(range(len(plan.splits)), desc=f"{cfg.head} splits", disable=not cfg.progress)]
+    return summarize(plan, per_split)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -16,23 +16,37 @@ before its decay, which `TrainSettings` refuses. `None` turns either off.
 `max_steps` bounds the run in optimizer steps instead of epochs (paper 1 fine-tunes its
 wav2vec 2.0 baseline for 1,200 iterations): training stops mid-epoch at that step, the dev
 set is evaluated there, and `epochs` no longer limits the run.
+
+`mixed_precision` (no / bf16 / fp16) runs the training forward passes under `torch.autocast`
+on the run's device (fp16 with a gradient scaler); losses are computed in float32 and dev /
+test evaluation stays in float32, so a model is chosen and scored on full-precision outputs.
+`grad_accum` = N sums the gradients of N batches before each optimizer step (the loss of each
+batch divided by N: a step sees the mean over N batches, an effective batch of N x batch_size);
+`max_steps` and the steps of the history count optimizer steps. Why autocast rather than an
+`accelerate.Accelerator` per run: the grid runner (`finetune.grid`) gives each process its own
+(system, split) jobs, and an Accelerator in a multi-process launch would wrap every model in DDP
+and all-reduce the gradients of processes that are training different jobs.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import contextlib
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
-from tqdm.auto import tqdm
+from ssl_aver.progress import tqdm
 
 from ssl_aver.errors import UserError
 
 Batch = dict[str, torch.Tensor | list[str]]
+
+
+PRECISIONS: dict[str, torch.dtype | None] = {"no": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -48,8 +62,14 @@ class TrainSettings:
     early_stop_patience: int | None = 10
     grad_clip: float = 0.0
     max_steps: int | None = None
+    mixed_precision: str = "no"  # no | bf16 | fp16
+    grad_accum: int = 1
 
     def __post_init__(self) -> None:
+        if self.mixed_precision not in PRECISIONS:
+            raise UserError(f"train.mixed_precision must be one of {tuple(PRECISIONS)}, got {self.mixed_precision!r}")
+        if int(self.grad_accum) < 1:
+            raise UserError(f"train.grad_accum must be >= 1, got {self.grad_accum}")
         for name in ("lr_patience", "early_stop_patience", "max_steps"):
             value = getattr(self, name)
             if value is not None and int(value) < 1:
@@ -104,6 +124,51 @@ class BestOnDev:
         return self.result
 
 
+def autocast(settings: TrainSettings, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """The training forward pass's precision context: torch.autocast in bf16/fp16, else nothing."""
+    dtype = PRECISIONS[settings.mixed_precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def as_float(out: Any) -> Any:
+    """Model outputs in float32 (a tensor, or the tensors of a dict), so losses run at full precision."""
+    if isinstance(out, dict):
+        return {k: as_float(v) for k, v in out.items()}
+    return out.float() if isinstance(out, torch.Tensor) and out.is_floating_point() else out
+
+
+class Stepper:
+    """Backward + optimizer step with gradient accumulation, clipping and (fp16) loss scaling.
+
+    `backward(loss, last)` adds the gradient of loss / grad_accum and steps the optimizer every
+    `grad_accum` batches and at the last batch of an epoch; returns True when it stepped.
+    """
+
+    def __init__(self, params: Iterable[nn.Parameter], optimizer: torch.optim.Optimizer, settings: TrainSettings, device: torch.device) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.optimizer = optimizer
+        self.settings = settings
+        self.scaler = torch.amp.GradScaler(device.type, enabled=settings.mixed_precision == "fp16")
+        self.pending = 0
+        optimizer.zero_grad(set_to_none=True)
+
+    def backward(self, loss: torch.Tensor, last: bool) -> bool:
+        self.scaler.scale(loss / self.settings.grad_accum).backward()
+        self.pending += 1
+        if self.pending < self.settings.grad_accum and not last:
+            return False
+        if self.settings.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.params, self.settings.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.pending = 0
+        return True
+
+
 def make_optimizer(params: Iterable[nn.Parameter], settings: TrainSettings) -> torch.optim.Optimizer:
     """Adam (paper 1) or AdamW (papers 3-4) from the settings."""
     params = [p for p in params if p.requires_grad]
@@ -156,23 +221,22 @@ def fit(
     model.to(device)
     optimizer = make_optimizer(model.parameters(), settings)
     best = BestOnDev(model, settings, optimizer)
+    stepper = Stepper(model.parameters(), optimizer, settings, device)
     steps = 0
-    for epoch in tqdm(epoch_range(settings, len(train_loader)), desc="fine-tune", disable=not progress, leave=False):
+    per_epoch = math.ceil(len(train_loader) / settings.grad_accum)
+    for epoch in tqdm(epoch_range(settings, per_epoch), desc="fine-tune", disable=not progress, leave=False):
         model.train()
         total, count = 0.0, 0
-        for batch in train_loader:
+        for i, batch in enumerate(train_loader):
             if settings.max_steps is not None and steps >= settings.max_steps:
                 break
             batch = move(batch, device)
-            loss = loss_fn(model(batch), batch["targets"])
+            with autocast(settings, device):
+                out = model(batch)
+            loss = loss_fn(as_float(out), batch["targets"])
             if not torch.isfinite(loss):
                 raise UserError(f"fine-tuning loss became {loss.item()} at epoch {epoch}; lower train.lr")
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if settings.grad_clip > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
-            steps += 1
+            steps += stepper.backward(loss, last=i == len(train_loader) - 1)
             n = len(batch["clips"])
             total += loss.item() * n
             count += n

@@ -196,26 +196,37 @@ def markdown(rows: list[dict[str, Any]], level: float, significance: dict[str, A
 def two_stage_tables(cfg: DictConfig, force: bool = False) -> dict[str, Any]:
     """Run every model, evaluate the pooled predictions and write tables.json + tables.md."""
     from finetune.data import load_task
-    from finetune.run import finetune, write_shared_splits
+    from finetune.grid import is_main_process, process_state, run_grid
+    from finetune.run import write_shared_splits
     from finetune.tables import compare
     from ssl_aver.metrics import evaluate_predictions
 
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out)
+    state = process_state()
     models = sorted(cfg.models, key=lambda m: int(m.index))
     probe = _model_config(cfg, models[0], out, out / "splits.csv")
-    splits_file = write_shared_splits(probe, int(cfg.splits.k), int(cfg.splits.seed), out / "splits.csv")
-    task = load_task(probe.data)
-    labels = task.labels.set_index(task.labels["clip"].astype(str))
-    rows, summaries = [], {}
+    if state.is_main_process:
+        save_config(cfg, out)
+        write_shared_splits(probe, int(cfg.splits.k), int(cfg.splits.seed), out / "splits.csv")
+    state.wait_for_everyone()
+    splits_file = out / "splits.csv"
+    configs = {}
     for model in models:
         sub = _model_config(cfg, model, out, splits_file)
         if (sub.data.condition, sub.data.target) != (probe.data.condition, probe.data.target):
             raise UserError(f"model {model.index} is evaluated on {sub.data.condition}/{sub.data.target} labels, model {models[0].index} on "
                             f"{probe.data.condition}/{probe.data.target}: the tables compare models on the same labels")
-        summary = finetune(sub, force=force)
-        summaries[str(int(model.index))] = summary
+        configs[str(int(model.index))] = sub
+    summaries = run_grid(configs, force=force)
+    if not is_main_process():
+        return {}
+    task = load_task(probe.data)
+    labels = task.labels.set_index(task.labels["clip"].astype(str))
+    rows = []
+    for model in models:
+        sub = configs[str(int(model.index))]
+        summary = summaries[str(int(model.index))]
         clips, probs, classes = pooled_predictions(Path(sub.output_dir), len(summary["splits"]))
         test = labels.loc[clips]
         groups = {g: test[g].to_numpy(dtype=object) for g in ("race", "sex") if g in test.columns}
@@ -239,7 +250,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from finetune.grid import is_main_process
+
     cfg = build_config(args.config, args.overrides)
     two_stage_tables(cfg, force=args.force)
-    print((Path(cfg.output_dir) / "tables.md").read_text(encoding="utf-8"))
+    if is_main_process():
+        print((Path(cfg.output_dir) / "tables.md").read_text(encoding="utf-8"))
     return 0

@@ -61,13 +61,12 @@ def benchmark_audio(seconds: float = 60.0) -> dict[str, float]:
 def benchmark_faces(video: str | Path | None = None, every: int = 1, max_frames: int = 150, max_side: int = 640, repeats: int = 3) -> dict[str, Any]:
     """Frames/s of raw FaceMesh vs our mediapipe label pipeline on the same decoded frames."""
     import cv2
-    import mediapipe as mp
 
     from pretext import landmarks
     from pretext.base import ClipData
     from pretext.faces import FaceSeries
     from pretext.settings import ClipSettings
-    from ssl_aver.face import Landmarker68
+    from ssl_aver.face import Landmarker68, face_mesh
     from ssl_aver.media import iter_frames
     from ssl_aver.windows import window_bounds
 
@@ -86,7 +85,7 @@ def benchmark_faces(video: str | Path | None = None, every: int = 1, max_frames:
     settings = ClipSettings(every=every)
     raw_s = ours_s = float("inf")
     for _ in range(repeats):  # interleaved best-of-N: the machine is shared, so take each one's best run
-        with mp.solutions.face_mesh.FaceMesh(static_image_mode=False, max_num_faces=1, refine_landmarks=False, min_detection_confidence=0.5, min_tracking_confidence=0.5) as mesh:
+        with face_mesh(static=False, max_faces=1, refine=False, min_confidence=0.5) as mesh:
             start = time.perf_counter()
             for item in frames:
                 mesh.process(item[2])

@@ -260,7 +260,7 @@ def _extensions() -> set[str]:
 
 
 def _run_clips(clips: list[ClipRecord], settings: ClipSettings, out: Path, workers: int, progress: bool) -> None:
-    from tqdm import tqdm
+    from ssl_aver.progress import tqdm
 
     bar = tqdm(total=len(clips), desc="pretext clips", unit="clip", disable=not progress)
     try:

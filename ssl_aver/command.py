@@ -32,6 +32,8 @@ def run_command(name: str, module_name: str, description: str, argv: Sequence[st
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     for package in ("ssl_aver", "pretext", "finetune"):
         logging.getLogger(package).setLevel(os.environ.get("SSL_AVER_LOG", "INFO"))
+    if not sys.stderr.isatty():  # the Hub's and transformers' own tqdm bars would put \r-joined lines in a log
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     module = importlib.import_module(module_name)
     parser = CommandParser(prog=f"ssl-aver {name}", description=description)
     module.add_arguments(parser)

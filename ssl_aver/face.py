@@ -16,8 +16,13 @@ translation, rotation and scale of the image, so pixel coordinates map directly.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
+import sys
+import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,7 +135,7 @@ class Landmarker68:
         self.static = static
         self.min_confidence = min_confidence
         self._index_list = [int(i) for i in self.mapping.indices]
-        self._mesh = _face_mesh(static, max_faces, refine, min_confidence)
+        self._mesh = face_mesh(static, max_faces, refine, min_confidence)
 
     def __enter__(self) -> "Landmarker68":
         return self
@@ -179,20 +184,67 @@ class Landmarker68:
         """
         if self._mesh is None:
             raise UserError("this Landmarker68 is closed; create a new one")
-        self._mesh.reset()
+        _restart(self._mesh)
         return _track_frames(self, _frames(path, every, max_side, progress))
 
 
-def _face_mesh(static: bool, max_faces: int, refine: bool, min_confidence: float) -> Any:
+#: what mediapipe's native code prints each time a FaceMesh graph starts (every worker, every
+#: clip): absl's warning that the bundled TFLite models have no single signature for its feedback
+#: manager, TFLite's XNNPACK notice, and absl's preamble to its first message
+GRAPH_START_NOISE = (
+    b"Feedback manager requires a model with a single signature inference",
+    b"Created TensorFlow Lite XNNPACK delegate for CPU",
+    b"All log messages before absl::InitializeLog() is called are written to STDERR",
+)
+_STDERR_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _quiet_graph_start() -> Iterator[None]:
+    """Hold back file descriptor 2 while a graph starts, then pass on all but GRAPH_START_NOISE.
+
+    mediapipe logs through C++ absl, which reads no environment variable (GLOG_minloglevel and
+    TF_CPP_MIN_LOG_LEVEL change nothing, measured on 0.10.21) and has no Python switch, so the
+    descriptor is the only place to drop those lines. Other output written meanwhile is delayed,
+    not lost; the lock keeps two threads from swapping the descriptor under each other.
+    """
+    with _STDERR_LOCK, tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            kept = b"".join(line for line in held.read().splitlines(keepends=True) if not any(n in line for n in GRAPH_START_NOISE))
+            if kept:
+                os.write(2, kept)
+
+
+def face_mesh(static: bool, max_faces: int, refine: bool, min_confidence: float) -> Any:
+    """A raw mediapipe FaceMesh (468/478 points), started without its start-up log lines."""
     import mediapipe as mp
 
-    return mp.solutions.face_mesh.FaceMesh(
-        static_image_mode=static,
-        max_num_faces=max_faces,
-        refine_landmarks=refine,
-        min_detection_confidence=min_confidence,
-        min_tracking_confidence=min_confidence,
-    )
+    with _quiet_graph_start():
+        mesh = mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=static,
+            max_num_faces=max_faces,
+            refine_landmarks=refine,
+            min_detection_confidence=min_confidence,
+            min_tracking_confidence=min_confidence,
+        )
+        mesh._graph.wait_until_idle()  # the start-up lines come from graph threads: wait for them here
+    return mesh
+
+
+def _restart(mesh: Any) -> None:
+    """FaceMesh.reset(): a new graph run, which prints the start-up lines again."""
+    with _quiet_graph_start():
+        mesh.reset()
+        mesh._graph.wait_until_idle()
 
 
 def _frames(path: str | Path, every: int, max_side: int | None, progress: bool) -> Iterator[tuple[int, float, np.ndarray, float, int, int]]:
@@ -205,7 +257,7 @@ def _frames(path: str | Path, every: int, max_side: int | None, progress: bool) 
         raise UserError(f"max_side must be >= 16 pixels, got {max_side}")
     frames = iter_frames(path, every=every)
     if progress:
-        from tqdm import tqdm
+        from ssl_aver.progress import tqdm
 
         frames = tqdm(frames, desc=f"landmarks {Path(path).name}", unit="frame")
     for frame in frames:
@@ -324,7 +376,7 @@ def benchmark_landmarks(path: str | Path, every: int = 1, max_frames: int = 240,
             break
     if not images:
         raise MediaError("no video frames decoded")
-    raw = _face_mesh(False, 1, False, 0.5)
+    raw = face_mesh(False, 1, False, 0.5)
     ours = Landmarker68()
     raw_s = ours_s = 0.0
     detected = 0
@@ -429,7 +481,7 @@ def _clips(inputs: list[str]) -> tuple[list[tuple[str, Path]], list[dict[str, st
 
 def run(args: argparse.Namespace) -> int:
     """`ssl-aver landmarks`: 68-point landmark tracks of videos; a bad clip is recorded, not fatal."""
-    from tqdm import tqdm
+    from ssl_aver.progress import tqdm
 
     from ssl_aver.io import write_json
 

@@ -483,7 +483,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration
-    from tqdm.auto import tqdm
+    from ssl_aver.progress import tqdm
 
     from ssl_aver import provenance
 

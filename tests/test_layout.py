@@ -1,7 +1,7 @@
 """The layering of the packages (README "Layout"), read from the source with `ast`.
 
 pretext/ and finetune/ import ssl_aver, never each other; ssl_aver outside its app layer
-(ssl_aver.app: the CLI, the demo, the bench) imports neither; nothing below the app layer
+(ssl_aver.app: the CLI, the demo, the bench; and ssl_aver.__main__) imports neither; nothing below the app layer
 imports it. Imports inside functions and under `if TYPE_CHECKING` count, and so does a
 registry string that names a module ("finetune.run", "pretext.build:build"), since
 registries import by name.
@@ -36,7 +36,8 @@ def _is_module(name: str) -> bool:
 
 
 def _layer(module: str) -> str:
-    return "app" if module == APP or module.startswith(APP + ".") else module.split(".")[0]
+    # ssl_aver.__main__ (`python -m ssl_aver`) is the CLI's second entry point: app layer
+    return "app" if module in (APP, "ssl_aver.__main__") or module.startswith(APP + ".") else module.split(".")[0]
 
 
 def imported_names(source: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:

@@ -9,12 +9,15 @@ Pipeline, built from VAVL's own blocks (finetune.heads.vavl) so the baseline see
 inputs VAVL's branch of that modality sees: acoustic frames through `AcousticInput` (the
 toolkit's pretrained encoder, an LW-Sum over a layer-stacked SSL store, or a z-normalised
 [T, D] store) or visual [T, D] frames; VAVL's temporal Conv1d projection (`MaskedConv1d`,
-`proj_kernel` = 3) to `d_model`; `layers` = 5 conformer blocks (3 modality + 2 shared layers of
-VAVL); the mean over the valid frames; Linear -> ReLU -> Dropout -> Linear. Sizes of paper 2,
-Sec. 4.3: conformers 512 wide, 8 heads, dropout 0.1 (depthwise kernel 31, FFN expansion 4 as in
-VAVLHead). Trained by the shared loop with the run's default loss (cross-entropy, BCE or
-1 - CCC / MSE for regression; paper 2's Sec. 4.3 settings, Adam, lr 5e-5, batch 32 on CREMA-D,
-20 epochs, belong in the recipe). A clip without any valid frame of the modality gets zero logits.
+`proj_kernel` = 3) to `d_model`; VAVL's time subsampling (`subsample`, default 1 = every
+frame, as in VAVL and its reference code; 2 or 4 project to `subsample_dim` = 50 first, see
+finetune.heads.vavl), so the baseline stays VAVL's branch; `layers` = 5 conformer blocks (3
+modality + 2 shared layers of VAVL); the mean over the valid (subsampled) frames; Linear -> ReLU
+-> Dropout -> Linear. Sizes of paper 2, Sec. 4.3: conformers 512 wide, 8 heads, dropout 0.1
+(depthwise kernel 31, FFN expansion 4 as in VAVLHead). Trained by the shared loop with the run's
+default loss (cross-entropy, BCE or 1 - CCC / MSE for regression; paper 2's Sec. 4.3 settings,
+Adam, lr 5e-5, batch 32 on CREMA-D, 20 epochs, belong in the recipe). A clip without any valid
+frame of the modality gets zero logits.
 
 Paper 2 gives no public code for this baseline (ilucasgoncalves/VAVL holds VAVL only).
 
@@ -32,14 +35,14 @@ import torch
 from torch import nn
 
 from finetune.heads import BuildContext
-from finetune.heads.vavl import AcousticInput, MaskedConv1d, encoder_branch, select_rows, valid_mean
+from finetune.heads.vavl import AcousticInput, MaskedConv1d, encoder_branch, select_rows, subsampling, valid_mean
 from ssl_aver.errors import UserError
-from ssl_aver.models.conformer import Conformer
+from ssl_aver.models.conformer import Conformer, ConvSubsampling
 from ssl_aver.models.pooling import LWSum
 
 
 class _ConformerUni(nn.Module):
-    """One modality: Conv1d projection, conformer layers, average pooling, two FC layers."""
+    """One modality: Conv1d projection, time subsampling, conformer layers, average pooling, two FC layers."""
 
     tasks = ("multiclass", "multilabel", "regression")
     modality = "audio"
@@ -59,7 +62,9 @@ class _ConformerUni(nn.Module):
             if not ctx.video_shape or len(ctx.video_shape) != 1:
                 raise UserError(f"this head needs a visual store with [T, D] frames, got {ctx.video_shape}")
             dim_in = int(ctx.video_shape[0])
-        self.proj = MaskedConv1d(dim_in, d, int(cfg["proj_kernel"]))
+        factor, width = subsampling(cfg, d)
+        self.proj = MaskedConv1d(dim_in, width, int(cfg["proj_kernel"]))
+        self.subsample = ConvSubsampling(width, d, factor, float(cfg["dropout"]))
         self.encoder = Conformer(
             d, int(cfg["layers"]), int(cfg["n_heads"]), dropout=float(cfg["dropout"]), kernel_size=int(cfg["conv_kernel"]),
             ff_expansion=int(cfg["ff_expansion"]),
@@ -72,7 +77,7 @@ class _ConformerUni(nn.Module):
         """`model:` keys (paper 2, Sec. 4.3 and 4.5.4)."""
         return {
             "d_model": 512, "n_heads": 8, "dropout": 0.1, "layers": 5, "conv_kernel": 31, "ff_expansion": 4, "proj_kernel": 3,
-            "head_hidden": 512, "head_dropout": 0.2,
+            "subsample": 1, "subsample_dim": 50, "head_hidden": 512, "head_dropout": 0.2,
         }
 
     @classmethod
@@ -99,7 +104,8 @@ class _ConformerUni(nn.Module):
             x = self.acoustic(x, valid)
             if hasattr(self, "layer_sum"):
                 x = self.layer_sum(x)
-        return valid_mean(self.encoder(self.proj(x, valid), ~valid), valid)
+        h, padded = self.subsample(self.proj(x, valid), ~valid)
+        return valid_mean(self.encoder(h, padded), ~padded)
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:
         """Logits [B, C] from this head's modality only (zeros for a clip without a valid frame of it)."""
@@ -109,7 +115,7 @@ class _ConformerUni(nn.Module):
         index = rows.nonzero().flatten()
         if index.numel():
             x, valid = select_rows(batch, m, index)
-            logits = logits.index_put((index,), self.head(self.pooled(x, valid)))
+            logits = logits.index_put((index,), self.head(self.pooled(x, valid)).to(logits.dtype))  # float32 under autocast
         return logits
 
 

@@ -381,7 +381,7 @@ class TwoStageHead(_Base):
             if rows.numel():
                 outputs, valid = self._sets(batch, modality, rows)
                 for i, (h, head) in enumerate(zip(outputs, set_heads)):
-                    out[rows, k + i] = head(h, valid)
+                    out[rows, k + i] = head(h, valid).to(out.dtype)  # float32 under autocast
             k += len(set_heads)
         return out
 
@@ -409,7 +409,7 @@ class TwoStageHead(_Base):
                 outputs, valid = self._sets(batch, modality, rows)
                 h = self._fused(outputs, modality)
                 s = self.shared(h, valid)
-                pooled[modality][rows] = pool(s + h if self.residual else s, valid)
+                pooled[modality][rows] = pool(s + h if self.residual else s, valid).to(pooled[modality].dtype)
         return self.av_head(torch.cat([pooled["audio"], pooled["video"]], dim=-1))
 
     def stage1_modules(self) -> list[nn.Module]:

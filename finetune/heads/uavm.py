@@ -223,7 +223,7 @@ class UAVMHead(nn.Module):
         logits = torch.zeros(len(rows), self.n_out, device=rows.device)
         index = rows.nonzero().flatten()
         if index.numel():
-            logits = logits.index_put((index,), self.classifier(self.shared_output(batch, modality, index)))
+            logits = logits.index_put((index,), self.classifier(self.shared_output(batch, modality, index)).to(logits.dtype))  # float32 under autocast
         return rows, logits
 
     def forward(self, batch: Mapping[str, Any]) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """Paper 2's versatile audio-visual learning (VAVL) head, trained with Algorithm 1.
 
-Per modality: a temporal Conv1d projection of the frame features to `d_model`, a conformer
-encoder (acoustic 3, visual 3 layers), then conformer layers shared by both modalities (2) with a
-residual connection over them. The average-pooled shared output of a modality feeds its
-prediction head (512-256-out) and a reconstruction MLP of the average-pooled input features
-(weight `alpha`); the audio-visual prediction layer reads both pooled shared outputs.
+Per modality: a temporal Conv1d projection of the frame features to `d_model`, optional time
+subsampling (`subsample`, below), a conformer encoder (acoustic 3, visual 3 layers), then
+conformer layers shared by both modalities (2) with a residual connection over them. The
+average-pooled shared output of a modality feeds its prediction head (512-256-out) and a
+reconstruction MLP of the average-pooled input features (weight `alpha`); the audio-visual
+prediction layer reads both pooled shared outputs.
 
 Training (custom `fit`, Algorithm 1): per batch, (1) update acoustic + shared weights on the
 audio loss (+ alpha recon) of the clips with audio, (2) visual + shared weights on the visual
@@ -24,22 +25,34 @@ step 3 run in eval mode; the checkpoint is chosen on the mean dev loss of the th
 conditions (`select_on`); regression uses 1 - mean CCC over the attributes (`objective: ccc`, refused on class targets:
 a regression trained on one-hot columns and scored by macro-F1 means nothing; CREMA-D has no
 attribute targets, so until a regression task exists that path runs on synthetic targets only).
+
+Time subsampling (`subsample`: 1 | 2 | 4; Gulati et al.'s convolutional front end,
+`ssl_aver.models.conformer.ConvSubsampling`). The default 1 attends over every frame and follows
+the reference code: its conformer copy (VAVL/conformer/encoder.py) builds a 4x Conv2dSubampling in
+every encoder but its forward never calls it (those are the ~7M parameters it never uses), and
+the paper's conformers "process all the sequential video or acoustic frames". With 2 or 4 the
+front end sits after the temporal projection, which then maps to `subsample_dim` = 50 features
+(the paper's 50-d projection, the reference conformers' input_dim: the plane its subsampler would
+have read) and the front end maps that plane to `d_model`; the modality's conformer and the shared
+layers run on its subsampled sequence, and the pooling uses the subsampled masks (also in
+`shared_embeddings`); the reconstruction target stays the mean of the input frames.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
+from ssl_aver.progress import tqdm
 
 from finetune.heads import BuildContext
-from finetune.trainer import BestOnDev, FitResult, TrainSettings, epoch_range, make_optimizer, move
+from finetune.trainer import BestOnDev, FitResult, Stepper, TrainSettings, autocast, epoch_range, make_optimizer, move
 from ssl_aver.errors import UserError
-from ssl_aver.models.conformer import Conformer
+from ssl_aver.models.conformer import SUBSAMPLE_FACTORS, Conformer, ConvSubsampling
 from ssl_aver.models.encoder import SSLEncoder
 from ssl_aver.models.pooling import LWSum
 
@@ -141,6 +154,20 @@ class MaskedConv1d(nn.Module):
         return (F.relu(y) if self.relu else y) * w
 
 
+def subsampling(cfg: Mapping[str, Any], d_model: int) -> tuple[int, int]:
+    """(`model.subsample` factor, width of the temporal projection feeding the subsampler), checked:
+    d_model without subsampling, else `model.subsample_dim` (the subsampler's feature axis)."""
+    factor = cfg["subsample"]
+    if isinstance(factor, bool) or factor not in SUBSAMPLE_FACTORS:
+        raise UserError(f"model.subsample must be one of {SUBSAMPLE_FACTORS}, got {factor!r}")
+    if factor == 1:
+        return 1, d_model
+    width, least = int(cfg["subsample_dim"]), 3 if factor == 2 else 7
+    if width < least:
+        raise UserError(f"model.subsample_dim must be >= {least} for model.subsample={factor} (paper 2: 50), got {width}")
+    return int(factor), width
+
+
 def select_rows(batch: Mapping[str, Any], modality: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The rows' frames of one modality, trimmed to their longest valid extent, and the mask."""
     x, valid = batch[modality][rows], batch[f"{modality}_mask"][rows]
@@ -185,8 +212,11 @@ class VAVLHead(nn.Module):
             self.layer_sum = LWSum(self.acoustic.n_layers)
         video_dim = int(ctx.video_shape[0])
         kernel = int(cfg["proj_kernel"])
-        self.audio_proj = MaskedConv1d(self.acoustic.dim, d, kernel)
-        self.video_proj = MaskedConv1d(video_dim, d, kernel)
+        factor, width = subsampling(cfg, d)
+        self.audio_proj = MaskedConv1d(self.acoustic.dim, width, kernel)
+        self.video_proj = MaskedConv1d(video_dim, width, kernel)
+        self.audio_subsample = ConvSubsampling(width, d, factor, float(cfg["dropout"]))
+        self.video_subsample = ConvSubsampling(width, d, factor, float(cfg["dropout"]))
         self.audio_encoder = Conformer(d, int(cfg["audio_layers"]), **conformer)
         self.video_encoder = Conformer(d, int(cfg["video_layers"]), **conformer)
         self.shared = Conformer(d, int(cfg["shared_layers"]), **conformer)
@@ -204,7 +234,8 @@ class VAVLHead(nn.Module):
         """`model:` keys (paper 2, Sec. 4.3) and the ablation switches of its Table 2."""
         return {
             "d_model": 512, "n_heads": 8, "dropout": 0.1, "audio_layers": 3, "video_layers": 3, "shared_layers": 2,
-            "conv_kernel": 31, "ff_expansion": 4, "proj_kernel": 3, "head_hidden": [512, 256], "head_dropout": 0.2,
+            "conv_kernel": 31, "ff_expansion": 4, "proj_kernel": 3, "subsample": 1, "subsample_dim": 50,
+            "head_hidden": [512, 256], "head_dropout": 0.2,
             "alpha": 1.0, "reconstruction": True, "residual": True, "fusion": "layer", "objective": "auto", "select_on": "mean",
         }
 
@@ -219,20 +250,23 @@ class VAVLHead(nn.Module):
         return encoder_branch(self.acoustic)
 
     def encode(self, batch: Mapping[str, Any], modality: str, rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(pooled shared-layer output [N, d], pooled input features [N, D_in], detached)."""
+        """(pooled shared-layer output [N, d] over the subsampled frames, pooled input features
+        [N, D_in] over the input frames, detached)."""
         x, valid = select_rows(batch, modality, rows)
         if modality == "audio":
             feats = self.acoustic(x, valid)
             if hasattr(self, "layer_sum"):
                 feats = self.layer_sum(feats)
-            h = self.audio_encoder(self.audio_proj(feats, valid), ~valid)
+            h, padded = self.audio_subsample(self.audio_proj(feats, valid), ~valid)
+            h = self.audio_encoder(h, padded)
         else:
             feats = x
-            h = self.video_encoder(self.video_proj(feats, valid), ~valid)
-        s = self.shared(h, ~valid)
+            h, padded = self.video_subsample(self.video_proj(feats, valid), ~valid)
+            h = self.video_encoder(h, padded)
+        s = self.shared(h, padded)
         if self.residual:
             s = s + h
-        return valid_mean(s, valid), valid_mean(feats, valid).detach()
+        return valid_mean(s, ~padded), valid_mean(feats, valid).detach()
 
     def unimodal_logits(self, modality: str, pooled: torch.Tensor) -> torch.Tensor:
         return (self.audio_head if modality == "audio" else self.video_head)(pooled)
@@ -317,34 +351,41 @@ class VAVLHead(nn.Module):
         if self.acoustic.frozen:
             self.acoustic.eval()
 
-    def train_phase(self, batch: Mapping[str, Any], phase: str, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0) -> float | None:
+    def train_phase(self, batch: Mapping[str, Any], phase: str, optimizer: torch.optim.Optimizer, grad_clip: float = 0.0,
+                    stepper: Stepper | None = None, precision: Any = None) -> float | None:
         """One step of Algorithm 1 on a batch: phase "audio" (lines 3-6), "video" (7-10) or "av"
-        (11-15). Returns the loss, or None when no clip of the batch has what the phase needs."""
+        (11-15). Returns the loss, or None when no clip of the batch has what the phase needs.
+        `stepper` / `precision`: the fit's optimizer stepper (fp16 loss scaling, clipping) and
+        its autocast context (mixed precision); without them a plain float32 step."""
         ia, iv, both = self._rows(batch)
         targets = batch["targets"]
-        if phase in ("audio", "video"):
-            rows = ia if phase == "audio" else iv
-            if not rows.numel():
-                return None
-            pooled, x_pool = self.encode(batch, phase, rows)
-            loss = self.loss(self.unimodal_logits(phase, pooled), targets[rows])
-            if self.alpha > 0:
-                recon = (self.audio_recon if phase == "audio" else self.video_recon)(pooled)
-                loss = loss + self.alpha * F.mse_loss(recon, x_pool)
-        elif phase == "av":
-            if not both.numel() or self.fusion != "layer":
-                return None
-            self.eval()
-            with torch.no_grad():
-                pooled_a = self.encode(batch, "audio", both)[0]
-                pooled_v = self.encode(batch, "video", both)[0]
-            self.av_head.train()
-            loss = self.loss(self.av_head(torch.cat([pooled_a, pooled_v], dim=-1)), targets[both])
-            self._train_mode()
-        else:
-            raise ValueError(f"unknown phase {phase!r}")
+        with precision if precision is not None else contextlib.nullcontext():
+            if phase in ("audio", "video"):
+                rows = ia if phase == "audio" else iv
+                if not rows.numel():
+                    return None
+                pooled, x_pool = self.encode(batch, phase, rows)
+                loss = self.loss(self.unimodal_logits(phase, pooled).float(), targets[rows])
+                if self.alpha > 0:
+                    recon = (self.audio_recon if phase == "audio" else self.video_recon)(pooled)
+                    loss = loss + self.alpha * F.mse_loss(recon.float(), x_pool.float())
+            elif phase == "av":
+                if not both.numel() or self.fusion != "layer":
+                    return None
+                self.eval()
+                with torch.no_grad():
+                    pooled_a = self.encode(batch, "audio", both)[0]
+                    pooled_v = self.encode(batch, "video", both)[0]
+                self.av_head.train()
+                loss = self.loss(self.av_head(torch.cat([pooled_a, pooled_v], dim=-1)).float(), targets[both])
+                self._train_mode()
+            else:
+                raise ValueError(f"unknown phase {phase!r}")
         if not torch.isfinite(loss):
             raise UserError(f"VAVL {phase} loss became {loss.item()}; lower train.lr")
+        if stepper is not None:
+            stepper.backward(loss, last=True)
+            return float(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip > 0:
@@ -384,10 +425,17 @@ class VAVLHead(nn.Module):
         """Algorithm 1 for `settings.epochs` epochs; keeps the weights best on the dev criterion.
 
         Every phase uses this head's own `loss` (the run's `loss_fn` is the same function).
+        Mixed precision applies to every phase; gradient accumulation is refused: Algorithm 1
+        updates after each phase of each batch, and accumulating over batches would mix the
+        phases' gradients in the shared layers.
         """
+        if settings.grad_accum != 1:
+            raise UserError(f"VAVL's Algorithm 1 steps after every phase of every batch; train.grad_accum={settings.grad_accum} "
+                            "would merge the phases' gradients: use train.grad_accum=1 (raise train.batch_size instead)")
         self.to(device)
         optimizer = make_optimizer(self.parameters(), settings)
         best = BestOnDev(self, settings, optimizer)
+        stepper = Stepper(self.parameters(), optimizer, settings, device)
         steps = 0
         for epoch in tqdm(epoch_range(settings, len(train_loader)), desc="VAVL", disable=not progress, leave=False):
             self._train_mode()
@@ -398,7 +446,7 @@ class VAVLHead(nn.Module):
                 steps += 1
                 batch = move(batch, device)
                 for phase in ("audio", "video", "av"):
-                    value = self.train_phase(batch, phase, optimizer, settings.grad_clip)
+                    value = self.train_phase(batch, phase, optimizer, stepper=stepper, precision=autocast(settings, device))
                     if value is not None:
                         totals[phase].append(value)
             dev = self.dev_losses(dev_loader, device)

@@ -21,6 +21,10 @@ DIR/bench.md (the same as a markdown table). Stages:
 5. scaling: `pretext.build.build` (openface backend) on corpora of 1x, 4x, 16x the base clips, a
    subprocess per size: the exponent of the log-log fit of build time against size (goal <= 1.1)
    and the growth of peak resident memory from 1x to 16x (goal <= 1.25).
+6. fine-tuning: VAVL's paper-size Algorithm-1 step with conformer subsampling 4 vs 1; bf16
+   autocast vs fp32 training of `precision_heads` (subprocesses, as stage 4); and one comparison
+   grid (`finetune.grid`) in 2 `accelerate launch` processes vs 1 process (goal >= 1.7x on 2
+   cores; `ssl_aver.app.bench_scale.grid_speedup`).
 
 CPU measurements run torch with ONE thread (torch.set_num_threads(1); on a small shared machine
 two threads were measured 20-100x slower under contention) and OMP/MKL limited to one thread in
@@ -57,7 +61,7 @@ from ssl_aver.io import atomic_write_text, write_json
 BENCH_JSON = "bench.json"
 BENCH_MD = "bench.md"
 ROW_KEYS = ("stage", "metric", "value", "unit", "ratio", "goal", "met", "note")
-STAGE_NAMES = ("1 audio", "2 faces", "3 pretrain", "4 heads", "5 scaling")
+STAGE_NAMES = ("1 audio", "2 faces", "3 pretrain", "4 heads", "5 scaling", "6 fine-tuning")
 
 #: goals: (comparison, limit)
 GOAL_AUDIO = (">=", 0.8)
@@ -65,6 +69,7 @@ GOAL_FACES = (">=", 0.8)
 GOAL_DATA_PATH = (">=", 0.95)
 GOAL_EXPONENT = ("<=", 1.1)
 GOAL_RSS_GROWTH = ("<=", 1.25)
+GOAL_GRID = (">=", 1.7)  # 2 processes vs 1 on 2 cores
 
 
 @dataclass
@@ -101,6 +106,10 @@ class BenchSettings:
     scale_factors: tuple[int, ...] = (1, 4, 16)
     scale_timeout_s: float = 300.0
     threads: int = 1
+    precision: str = "no"  # the head children's train.mixed_precision
+    precision_heads: tuple[str, ...] = ("vavl", "raver")  # bf16 vs fp32 in stage 6
+    subsample_batch: int = 32  # VAVL Algorithm-1 step at paper size, subsample 4 vs 1
+    grid: bool = True  # stage 6: the comparison grid in 2 processes vs 1
 
 
 PRESETS: dict[str, BenchSettings] = {
@@ -108,6 +117,7 @@ PRESETS: dict[str, BenchSettings] = {
     "tiny": BenchSettings(
         preset="tiny", corpus_clips=1, audio_seconds=10.0, audio_repeats=1, face_frames=16, face_every=(1, 2), face_repeats=1,
         pretrain_steps=1, pretrain_batch=4, head_batch=2, head_batches=2, head_timeout_s=120.0, scale_base=2, scale_factors=(1, 2),
+        precision_heads=("mult",), subsample_batch=2, grid=False,
     ),
     "quick": BenchSettings(preset="quick"),
     "full": BenchSettings(
@@ -569,7 +579,8 @@ def _child_head(job: dict[str, Any]) -> dict[str, Any]:
         torch.cuda.reset_peak_memory_stats()
     loss_fn = getattr(model, "loss", None) or default_loss("multiclass", settings.n_classes)
     trainer = getattr(model, "fit", None) or (lambda *a, **kw: fit(model, *a, **kw))
-    trainer(train, dev, loss_fn=loss_fn, settings=TrainSettings(epochs=1, batch_size=settings.head_batch), device=torch.device(device), progress=False)
+    trainer(train, dev, loss_fn=loss_fn, settings=TrainSettings(epochs=1, batch_size=settings.head_batch, mixed_precision=settings.precision),
+            device=torch.device(device), progress=False)
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else peak_rss_mb()
     return {"clips_per_s": train.clips / train.seconds, "passes": train.passes, "params": params, "peak_mb": peak, "base_mb": base_mb,
             "threads": torch.get_num_threads()}
@@ -593,6 +604,41 @@ def stage_heads(settings: BenchSettings, work: Path) -> list[dict[str, Any]]:
         memory = ("torch.cuda.max_memory_allocated" if settings.device == "cuda"
                   else f"peak RSS of its process (VmHWM; {result['base_mb']:.0f} MB before the model was built)")
         rows.append(make_row("4 heads", f"{name}: peak memory", result["peak_mb"], "MB", None, None, memory))
+    return rows
+
+
+def stage_finetune(settings: BenchSettings, work: Path) -> list[dict[str, Any]]:
+    """Rows of stage 6: VAVL's Algorithm-1 step with conformer subsampling 4 vs 1 (paper size),
+    bf16 autocast vs fp32 training of `precision_heads`, and the comparison grid sharded over 2
+    `accelerate launch` processes vs 1 process (goal >= 1.7x on 2 cores)."""
+    from finetune.heads import HEADS
+    from ssl_aver.app.bench_scale import grid_speedup, vavl_step_seconds
+
+    rows = []
+    where = f"GPU ({settings.device})" if settings.device == "cuda" else f"CPU, {settings.threads} torch thread(s)"
+    frames = (150, 90) if settings.preset != "tiny" else (24, 16)
+    plain = vavl_step_seconds(1, settings.subsample_batch, *frames, threads=settings.threads)
+    sub4 = vavl_step_seconds(4, settings.subsample_batch, *frames, threads=settings.threads)
+    rows.append(make_row("6 fine-tuning", "VAVL Algorithm-1 step, subsample 4 vs 1", sub4, "s/step", plain / sub4, None,
+                         f"{plain:.2f} s with subsample 1; paper size, batch {settings.subsample_batch}, {frames[0]} audio x 1024 + "
+                         f"{frames[1]} video x 1408 frames, CPU, {settings.threads} thread(s); ratio = speed-up"))
+    for name in settings.precision_heads:
+        results = {p: run_child("head", {"spec": HEADS[name], "settings": asdict(replace(settings, precision=p)), "work": str(work)},
+                                settings.head_timeout_s, settings)
+                   for p in ("no", "bf16")}
+        bad = next((r["error"] for r in results.values() if "error" in r), None)
+        if bad:
+            rows.append(error_row("6 fine-tuning", f"{name}: bf16 vs fp32 training", bad))
+            continue
+        fp32, bf16 = results["no"], results["bf16"]
+        rows.append(make_row("6 fine-tuning", f"{name}: bf16 vs fp32 training", bf16["clips_per_s"], "clips/s", bf16["clips_per_s"] / fp32["clips_per_s"],
+                             None, f"{where}; fp32 {fp32['clips_per_s']:.3g} clips/s; peak {bf16['peak_mb']:.0f} vs {fp32['peak_mb']:.0f} MB; "
+                             "ratio = bf16 speed / fp32 speed (CPUs without bf16 units gain nothing)"))
+    if settings.grid:
+        result = grid_speedup(work / "grid")
+        rows.append(make_row("6 fine-tuning", "comparison grid, 2 processes vs 1", result["seconds_many"], "s", result["speedup"], GOAL_GRID,
+                             f"{result['systems']} tiny systems x 4 splits on a generated 240-clip corpus; 1 process {result['seconds_one']:.1f} s; "
+                             f"accelerate launch overhead included; tables {'identical' if result['same_table'] else 'DIFFER'}"))
     return rows
 
 
@@ -713,7 +759,7 @@ def run_bench(out: str | Path, settings: BenchSettings | None = None, progress: 
     rows: dict[str, list[dict[str, Any]]] = {}
     timings: dict[str, float] = {}
     work = Path(tempfile.mkdtemp(prefix=".bench-work-", dir=out_dir))
-    bar = tqdm(total=6, desc="bench", unit="stage", disable=not progress)
+    bar = tqdm(total=7, desc="bench", unit="stage", disable=not progress)
     try:
         def stage(name: str, fn: Callable[[], list[dict[str, Any]]]) -> None:
             bar.set_postfix_str(name)
@@ -746,6 +792,7 @@ def run_bench(out: str | Path, settings: BenchSettings | None = None, progress: 
             stage("5 scaling", scaling)
             stage("3 pretrain", lambda: stage_pretrain(holder.get("store"), settings))
             stage("4 heads", lambda: stage_heads(settings, work))
+            stage("6 fine-tuning", lambda: stage_finetune(settings, work))
     finally:
         bar.close()
         torch.set_num_threads(previous_threads)

@@ -180,7 +180,7 @@ def _extract(
     progress: bool,
     listed: Sequence[tuple[str, str]] | None = None,
 ) -> dict[str, Any]:
-    from tqdm import tqdm
+    from ssl_aver.progress import tqdm
 
     from ssl_aver.config import save_config
     from ssl_aver.features.store import StoreWriter

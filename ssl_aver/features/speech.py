@@ -21,6 +21,7 @@ they batch only chunks of equal length.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -228,7 +229,11 @@ class SpeechExtractor(Extractor):
             kwargs: dict[str, Any] = {"output_hidden_states": True}
             if self.padded_batches:
                 kwargs["attention_mask"] = mask.to(self.device)
-            with torch.inference_mode():
+            with torch.inference_mode(), warnings.catch_warnings():
+                # transformers' WavLM attention itself pairs a bool key_padding_mask (from our 0/1
+                # attention_mask, whatever its dtype) with its float position-bias attn_mask; torch
+                # turns the bool mask into the equal -inf additive mask, so results are as intended
+                warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask", category=UserWarning)
                 states = self.model(values.to(self.device, self.torch_dtype), **kwargs).hidden_states
                 chosen = states[self.layers] if isinstance(self.layers, int) else torch.stack([states[i] for i in self.layers], dim=2)
                 chosen = chosen.float().cpu().numpy()

@@ -184,7 +184,7 @@ class AudioWindows:
     @classmethod
     def build(cls, store: Any, corpus: str | Path | None, cache: Path) -> "AudioWindows":
         """Decode each clip named in the store's labels.csv once (reused when the cache matches)."""
-        from tqdm.auto import tqdm
+        from ssl_aver.progress import tqdm
 
         from ssl_aver.media import load_audio
 

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from finetune.heads import BuildContext, head_class
 from finetune.heads.conformer_uni import ConformerUniAudioHead, ConformerUniVideoHead
 from finetune.heads.uavm import UAVMHead, average_logits
+from finetune.heads.vavl import VAVLHead
 from finetune.run import default_loss
 from finetune.trainer import TrainSettings, fit, keep_modality
 from ssl_aver.errors import UserError
@@ -90,6 +91,7 @@ def test_registry_and_paper_size_defaults():
     for name, cls in (("conformer_uni_audio", ConformerUniAudioHead), ("conformer_uni_video", ConformerUniVideoHead)):
         head = cls.from_config(cls.defaults(), 6, ctx)
         assert len(head.encoder.blocks) == 5 and head.proj.conv.out_channels == 512 and head.encoder.blocks[0].attn.n_heads == 8
+        assert head.subsample.factor == 1 and cls.defaults()["subsample"] == VAVLHead.defaults()["subsample"]  # VAVL's branch
         assert [m.out_features for m in head.head if isinstance(m, torch.nn.Linear)] == [512, 6]  # two FC layers
         counts[name] = sum(p.numel() for p in head.parameters())
     print("parameter counts:", counts)
@@ -238,8 +240,10 @@ def test_uavm_shared_embeddings_are_the_pooled_shared_outputs_of_paired_clips():
 
 
 # ---- invariances (all three heads) ----------------------------------------------------------
-@pytest.mark.parametrize("build", [lambda: _uavm(), lambda: _uni(ConformerUniAudioHead), lambda: _uni(ConformerUniVideoHead)],
-                         ids=["uavm", "uni_audio", "uni_video"])
+@pytest.mark.parametrize("build", [lambda: _uavm(), lambda: _uni(ConformerUniAudioHead), lambda: _uni(ConformerUniVideoHead),
+                                   lambda: _uni(ConformerUniAudioHead, subsample=4, subsample_dim=7),
+                                   lambda: _uni(ConformerUniVideoHead, subsample=2, subsample_dim=7)],
+                         ids=["uavm", "uni_audio", "uni_video", "uni_audio_4x", "uni_video_2x"])
 def test_output_independent_of_companions_padding_and_masked_values(build):
     torch.manual_seed(0)
     head = build().eval()

@@ -92,9 +92,10 @@ def test_conformer_attends_over_time_with_padding_masks():
     assert not torch.allclose(out2[0, 0], out[0, 0]) and torch.allclose(out2[1], out[1])
 
 
-def test_algorithm1_phases_update_only_their_weights():
+@pytest.mark.parametrize("subsample", [1, 4])
+def test_algorithm1_phases_update_only_their_weights(subsample):
     torch.manual_seed(0)
-    head = _tiny_head()
+    head = _tiny_head(subsample=subsample, subsample_dim=7)
     head.train()
     opt = make_optimizer(head.parameters(), TrainSettings(lr=1e-2))
     batch = _batch()
@@ -110,8 +111,8 @@ def test_algorithm1_phases_update_only_their_weights():
     assert losses[0] is not None and losses[1] is None and losses[2] is None
     after = _state(head)
     changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
-    assert {"audio_proj", "audio_encoder", "shared", "audio_head", "audio_recon"} <= changed
-    assert not changed & {"video_proj", "video_encoder", "video_head", "video_recon", "av_head"}
+    assert {"audio_proj", "audio_encoder", "shared", "audio_head", "audio_recon"} | ({"audio_subsample"} if subsample > 1 else set()) <= changed
+    assert not changed & {"video_proj", "video_subsample", "video_encoder", "video_head", "video_recon", "av_head"}
 
 
 def test_inference_picks_the_head_by_modalities_present():
@@ -221,3 +222,63 @@ def test_vavl_demo_stage_reports_three_conditions(tiny_crema, tmp_path):
     summary = vavl_stage(_DemoContext(tmp_path / "demo", tiny_crema, audio, video))
     assert set(summary["macro_f1"]) == {"av", "audio", "video"} and "audio-only" in summary["headline"]
     assert json.dumps(summary) and (tmp_path / "demo" / "vavl" / "metrics.json").is_file()
+
+
+# ---- time subsampling (Gulati et al.'s front end; default 1 = the reference code) ----------------
+def test_subsampling_default_follows_the_reference_code_and_paper_size_4x_builds():
+    ctx = BuildContext(n_classes=6, task="multiclass", audio_shape=(1024,), video_shape=(1408,))
+    default = VAVLHead(VAVLHead.defaults(), 6, ctx)
+    assert VAVLHead.defaults()["subsample"] == 1 and default.audio_proj.conv.out_channels == 512  # every frame, as the reference runs
+    assert not any("subsample" in k for k in default.state_dict())
+    four = VAVLHead({**VAVLHead.defaults(), "subsample": 4}, 6, ctx)
+    for proj, sub in ((four.audio_proj, four.audio_subsample), (four.video_proj, four.video_subsample)):
+        assert proj.conv.out_channels == 50 and len(sub.convs) == 2 and sub.out.in_features == 512 * 11  # 50 -> 24 -> 11
+    extra = sum(p.numel() for p in four.parameters()) - sum(p.numel() for p in default.parameters())
+    # two front ends of 5,120 + 2,359,808 (convs) + 2,884,096 (linear), minus the narrower projections
+    assert extra == 2 * (5120 + 2359808 + 2884096) - 3 * (1024 + 1408) * (512 - 50) - 2 * (512 - 50)
+    for bad, match in (({"subsample": 3}, "model.subsample must be one of"), ({"subsample": 4, "subsample_dim": 6}, "model.subsample_dim")):
+        with pytest.raises(UserError, match=match):
+            VAVLHead({**VAVLHead.defaults(), "d_model": 16, "n_heads": 2, **bad}, 6, ctx)
+
+
+@pytest.mark.parametrize("subsample", [2, 4])
+def test_subsampled_vavl_clip_output_independent_of_companions_and_padding(subsample):
+    torch.manual_seed(0)
+    head = _tiny_head(subsample=subsample, subsample_dim=7).eval()
+    batch = _batch(audio_rows=[0, 1, 2, 3, 4], video_rows=[1, 2, 3, 4, 5])
+    batch["audio_mask"][2, 3] = False  # a hole
+    batch["video_mask"][3, 1] = False
+    junk = dict(batch, audio=torch.where(batch["audio_mask"][..., None], batch["audio"], torch.randn(batch["audio"].shape) * 100),
+                video=torch.where(batch["video_mask"][..., None], batch["video"], torch.randn(batch["video"].shape) * 100))
+    with torch.no_grad():
+        logits = head(batch)
+        torch.testing.assert_close(head(junk), logits, atol=1e-5, rtol=1e-5)  # masked values do not leak
+        shared_a, shared_v = head.shared_embeddings(batch)
+        for i in range(6):
+            alone = {"clips": ["x"], "targets": batch["targets"][i : i + 1], "has_audio": batch["has_audio"][i : i + 1],
+                     "has_video": batch["has_video"][i : i + 1]}
+            for m in ("audio", "video"):
+                n = max(int(batch[f"{m}_mask"][i].nonzero().max()) + 1 if batch[f"{m}_mask"][i].any() else 1, 1)
+                alone[m], alone[f"{m}_mask"] = batch[m][i : i + 1, :n], batch[f"{m}_mask"][i : i + 1, :n]
+            torch.testing.assert_close(head(alone)[0], logits[i], atol=1e-5, rtol=1e-5)
+            if i in (1, 2, 3, 4):  # the paired clips, in batch order
+                a, v = head.shared_embeddings(alone)
+                torch.testing.assert_close(a[0], shared_a[i - 1], atol=1e-5, rtol=1e-5)
+                torch.testing.assert_close(v[0], shared_v[i - 1], atol=1e-5, rtol=1e-5)
+        # the reconstruction target stays the mean of the INPUT frames (not of the subsampled ones)
+        rows = torch.tensor([2, 4])
+        _, target = head.encode(batch, "audio", rows)
+        for k, i in enumerate(rows.tolist()):
+            expected = batch["audio"][i][batch["audio_mask"][i]].double().mean(0)
+            torch.testing.assert_close(target[k].double(), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_vavl_demo_recipe_trains_with_4x_subsampling(tiny_crema, tmp_path):
+    audio, video = make_stores(tiny_crema, tmp_path)
+    out = tmp_path / "run"
+    code = main(["finetune", "--config", "recipes/finetune/vavl_demo.yaml", f"data.root={tiny_crema}", f"output_dir={out}",
+                 f"features.audio.store={audio}", f"features.video.store={video}", "splits.k=1", "model.subsample=4"])
+    assert code == 0
+    history = json.loads((out / "split_00" / "metrics.json").read_text())["history"]
+    assert history[-1]["train_audio_loss"] < history[0]["train_audio_loss"]
+    assert history[-1]["train_video_loss"] < history[0]["train_video_loss"]

@@ -100,3 +100,24 @@ def test_bad_layer_and_too_short_audio_are_clear(wavlm2, tmp_path):
 
     with pytest.raises(MediaError, match="too short"):
         SpeechExtractor(_config(wavlm2)).load(str(wav))
+
+
+def test_padded_wavlm_batch_raises_no_warning_and_equals_each_clip_through_the_bare_model(wavlm2):
+    """transformers' WavLM pairs a bool key_padding_mask with a float attn_mask (a torch deprecation
+    warning): the extractor hides exactly that warning, and padding changes nothing."""
+    import warnings
+
+    import torch
+    from transformers import WavLMModel
+
+    clips = [_audio(d, seed=i) for i, d in enumerate([0.7, 1.3, 1.0])]
+    ex = SpeechExtractor(_config(wavlm2), batch_size=3)
+    assert ex.padded_batches
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batched = ex.compute(clips)
+    bare = WavLMModel.from_pretrained(wavlm2).eval()
+    for clip, got in zip(clips, batched):
+        with torch.inference_mode():  # one clip, no attention_mask: no key_padding_mask at all
+            states = bare(torch.from_numpy(clip)[None], output_hidden_states=True).hidden_states
+        np.testing.assert_allclose(got.array, torch.stack(states, dim=2)[0].numpy(), atol=1e-5)

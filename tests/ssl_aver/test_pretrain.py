@@ -195,16 +195,16 @@ def test_existing_run_needs_resume(tmp_path) -> None:
 
 
 def test_max_steps_stops_mid_epoch_and_resumes_to_the_same_weights(tmp_path, monkeypatch) -> None:
-    import tqdm.auto
+    from ssl_aver import progress
 
     totals: list[int] = []
+    bar = progress.tqdm
 
-    class Recorded(tqdm.auto.tqdm):
-        def __init__(self, *args, **kwargs) -> None:
-            totals.append(kwargs["total"])
-            super().__init__(*args, **kwargs)
+    def recorded(*args, **kwargs):
+        totals.append(kwargs["total"])
+        return bar(*args, **kwargs)
 
-    monkeypatch.setattr(tqdm.auto, "tqdm", Recorded)
+    monkeypatch.setattr(progress, "tqdm", recorded)
     store = make_store(tmp_path / "store")
     # 10 batches per epoch: step 13 is batch 3 of epoch 2, and train.epochs=1 no longer limits the run
     summary = _run(store, tmp_path / "full", "train.epochs=1", "train.max_steps=13", "train.checkpoint_every=5")

@@ -147,7 +147,7 @@ def _run_batch(batch: Sequence[UnlabeledJob | CremaJob], work: str) -> list[dict
 
 
 def _run_jobs(jobs: Sequence[UnlabeledJob | CremaJob], work: Path, workers: int | None, progress: bool) -> dict[str, dict[str, Any]]:
-    from tqdm import tqdm
+    from ssl_aver.progress import tqdm
 
     workers = max(1, workers or os.cpu_count() or 1)
     results: dict[str, dict[str, Any]] = {}

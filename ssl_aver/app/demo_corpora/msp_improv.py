@@ -228,7 +228,7 @@ def run_batch(jobs: Sequence[ImprovJob]) -> list[dict[str, Any]]:
 
 
 def _run(jobs: Sequence[ImprovJob], workers: int, progress: bool, batch: int = 8) -> dict[str, dict[str, Any]]:
-    from tqdm import tqdm
+    from ssl_aver.progress import tqdm
 
     batches = [list(jobs[i : i + batch]) for i in range(0, len(jobs), batch)]
     results: dict[str, dict[str, Any]] = {}

@@ -68,6 +68,9 @@ def test_bench_cli_writes_every_stage_and_survives_a_broken_head(tmp_path, monke
     ser = {r["metric"]: r for r in rows if r["stage"] == "4 heads" and r["metric"].startswith("ser")}
     assert ser["ser: training"]["value"] > 0 and ser["ser: training"]["unit"] == "clips/s"
     assert ser["ser: peak memory"]["value"] > 0 and ser["ser: peak memory"]["unit"] == "MB"
+    stage6 = {r["metric"]: r for r in rows if r["stage"] == "6 fine-tuning"}
+    assert stage6["VAVL Algorithm-1 step, subsample 4 vs 1"]["ratio"] > 0  # the grid row is left to the quick and full presets
+    assert stage6["mult: bf16 vs fp32 training"]["value"] > 0 and stage6["mult: bf16 vs fp32 training"]["ratio"] > 0
     bf16 = next(r for r in rows if r["metric"].startswith("bf16"))
     assert bf16["value"] is None and "GPU" in bf16["note"]
     markdown = (out / "bench.md").read_text()
