@@ -253,10 +253,12 @@ def feature_store(cfg: DictConfig, modality: str, out: Path, media: dict[str, st
     return Path(summary["store"])
 
 
-def _loader(dataset: Any, batch_size: int, shuffle: bool, seed: int, workers: int) -> torch.utils.data.DataLoader:
+def _loader(dataset: Any, batch_size: int, shuffle: bool, seed: int, workers: int, pin: bool = False) -> torch.utils.data.DataLoader:
+    """Batches of a split: `workers` reader processes (kept across epochs), pinned memory for a GPU."""
     generator = torch.Generator().manual_seed(seed)
     return torch.utils.data.DataLoader(
         dataset, batch_size=batch_size, shuffle=shuffle, collate_fn=dataset.collate, generator=generator, num_workers=workers,
+        pin_memory=pin, persistent_workers=workers > 0,
     )
 
 
@@ -362,7 +364,8 @@ def _datasets(cfg: DictConfig, head_cls: Any, task: Any, parts: dict[str, Any], 
     audio, video = stores.get("audio"), stores.get("video")
     test_require = "both" if "av" in head_cls.eval_modalities else head_cls.require
     return {
-        name: AVDataset(frame, task.all_targets, audio=audio, video=video, require=head_cls.require if name != "test" else test_require)
+        name: AVDataset(frame, task.all_targets, audio=audio, video=video, require=head_cls.require if name != "test" else test_require,
+                        keep_dtype=True)  # float16 stores are upcast on the device (finetune.trainer.move)
         for name, frame in parts.items()
     }
 
@@ -552,7 +555,8 @@ def run_split(plan: RunPlan, k: int) -> dict[str, Any]:
         for p in model.branch.parameters():
             p.requires_grad_(False)
     loss_fn = getattr(model, "loss", None) or default_loss(task.task, len(task.classes), str(cfg.train.regression_loss))
-    loaders = (_loader(data["train"], batch, True, int(cfg.seed) + k, workers), _loader(data["dev"], batch, False, 0, workers))
+    pin = plan.device.type == "cuda"
+    loaders = (_loader(data["train"], batch, True, int(cfg.seed) + k, workers, pin), _loader(data["dev"], batch, False, 0, workers, pin))
     trainer = getattr(model, "fit", None)
     fit_start = time.perf_counter()
     result = (trainer or (lambda *a, **kw: fit(model, *a, **kw)))(*loaders, loss_fn=loss_fn, settings=plan.settings, device=plan.device, progress=bool(cfg.progress))
@@ -563,7 +567,7 @@ def run_split(plan: RunPlan, k: int) -> dict[str, Any]:
         clips, probs, outputs = predict_outputs(model, loaders[1], plan.device, task.task, modality=head_cls.eval_modalities[0])
         write_dataframe(split_dir / "predictions_dev.csv", _predictions_frame(clips, probs, outputs, task.classes))
     for modality in head_cls.eval_modalities:
-        clips, probs, outputs = predict_outputs(model, _loader(data["test"], batch, False, 0, workers), plan.device, task.task, modality=modality)
+        clips, probs, outputs = predict_outputs(model, _loader(data["test"], batch, False, 0, workers, pin), plan.device, task.task, modality=modality)
         test = parts["test"].set_index("clip").loc[clips]
         if task.task == "regression":
             scores = evaluate_regression(probs, test[task.targets].to_numpy(np.float64), task.classes, int(cfg.eval.bootstrap), int(cfg.seed) + k)

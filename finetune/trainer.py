@@ -180,7 +180,16 @@ def make_optimizer(params: Iterable[nn.Parameter], settings: TrainSettings) -> t
 
 
 def move(batch: Batch, device: torch.device) -> Batch:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """The batch on `device`; half-precision frames (float16 stores) are upcast to float32 there,
+    batch by batch, so the loader reads and copies half the bytes (pinned memory on a GPU)."""
+    out = {}
+    for key, value in batch.items():
+        if isinstance(value, torch.Tensor):
+            value = value.to(device, non_blocking=value.is_pinned())
+            if value.dtype in (torch.float16, torch.bfloat16):
+                value = value.float()
+        out[key] = value
+    return out
 
 
 def _epoch_loss(model: nn.Module, loader, loss_fn, device: torch.device) -> float:

@@ -8,6 +8,8 @@ treats unreliable frames as missing, so face frames without a face are masked ou
 `collate_av` pads a list of items into:
     audio [B, Ta, (L,) D] float32 + audio_mask [B, Ta] (True = a valid frame)
     video [B, Tv, D] float32 + video_mask [B, Tv] (True = a frame with a face)
+    (in the store's dtype with `keep_dtype`: a float16 store stays float16 until the training
+    loop's `move` upcasts it on the device, halving what the loader reads, copies and pins)
     has_audio [B], has_video [B] (bool), targets [B, C] float32, clips (list of ids)
 Padded and missing positions are zeros. When no item of a batch has a modality its time axis
 has length 1 with an all-False mask (choice: a zero-length axis breaks convolutions downstream).
@@ -45,7 +47,8 @@ class AVDataset(Dataset):
     require: "any" keeps clips with at least one modality (VAVL's unpaired training), "both"
     keeps paired clips only, "audio"/"video" keep clips with that modality. Clips of the table
     that are dropped are listed in `dropped` with the reason. `audio_layers` selects layers of a
-    layer-stacked acoustic store ([T, L, D]); None keeps them all.
+    layer-stacked acoustic store ([T, L, D]); None keeps them all. `keep_dtype` returns frames in
+    the store's dtype (float16 stores stay float16) instead of float32.
     """
 
     def __init__(
@@ -57,7 +60,9 @@ class AVDataset(Dataset):
         require: str = "any",
         audio_layers: Sequence[int] | None = None,
         clip_column: str = "clip",
+        keep_dtype: bool = False,
     ) -> None:
+        self.keep_dtype = keep_dtype
         if require not in ("any", "both", "audio", "video"):
             raise UserError(f"require must be any, both, audio or video, got {require!r}")
         if audio is None and video is None:
@@ -109,10 +114,10 @@ class AVDataset(Dataset):
             array = self.audio.get(clip)[0]
             if self.audio_layers is not None:
                 array = array[:, self.audio_layers]
-            audio = torch.from_numpy(np.array(array, dtype=np.float32))
+            audio = torch.from_numpy(np.array(array, dtype=None if self.keep_dtype else np.float32))
         if self.video is not None and clip in self.video:
             array, _, mask = self.video.get(clip)
-            video = torch.from_numpy(np.array(array, dtype=np.float32))
+            video = torch.from_numpy(np.array(array, dtype=None if self.keep_dtype else np.float32))
             present = torch.from_numpy(mask if mask is not None else np.ones(len(array), bool))
         return AVItem(clip, audio, video, present, torch.from_numpy(np.array(target, dtype=np.float32)))
 
@@ -123,7 +128,8 @@ class AVDataset(Dataset):
 
 def _pad(seqs: list[torch.Tensor | None], masks: list[torch.Tensor | None], shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
     longest = max([len(s) for s in seqs if s is not None] + [1])
-    out = torch.zeros(len(seqs), longest, *shape)
+    dtype = next((s.dtype for s in seqs if s is not None), torch.float32)
+    out = torch.zeros(len(seqs), longest, *shape, dtype=dtype)
     valid = torch.zeros(len(seqs), longest, dtype=torch.bool)
     for row, (seq, mask) in enumerate(zip(seqs, masks)):
         if seq is None:

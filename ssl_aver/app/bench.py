@@ -22,7 +22,8 @@ DIR/bench.md (the same as a markdown table). Stages:
    subprocess per size: the exponent of the log-log fit of build time against size (goal <= 1.1)
    and the growth of peak resident memory from 1x to 16x (goal <= 1.25).
 6. fine-tuning: VAVL's paper-size Algorithm-1 step with conformer subsampling 4 vs 1; bf16
-   autocast vs fp32 training of `precision_heads` (subprocesses, as stage 4); and one comparison
+   autocast vs fp32 training of `precision_heads` (subprocesses, as stage 4); the loader's read
+   rate of a float16 WavLM-shaped store with 0 and 2 reader workers; and one comparison
    grid (`finetune.grid`) in 2 `accelerate launch` processes vs 1 process (goal >= 1.7x on 2
    cores; `ssl_aver.app.bench_scale.grid_speedup`).
 
@@ -609,10 +610,11 @@ def stage_heads(settings: BenchSettings, work: Path) -> list[dict[str, Any]]:
 
 def stage_finetune(settings: BenchSettings, work: Path) -> list[dict[str, Any]]:
     """Rows of stage 6: VAVL's Algorithm-1 step with conformer subsampling 4 vs 1 (paper size),
-    bf16 autocast vs fp32 training of `precision_heads`, and the comparison grid sharded over 2
+    bf16 autocast vs fp32 training of `precision_heads`, the loader's read rate of a float16
+    25-layer store with and without reader workers, and the comparison grid sharded over 2
     `accelerate launch` processes vs 1 process (goal >= 1.7x on 2 cores)."""
     from finetune.heads import HEADS
-    from ssl_aver.app.bench_scale import grid_speedup, vavl_step_seconds
+    from ssl_aver.app.bench_scale import grid_speedup, store_read_rate, vavl_step_seconds
 
     rows = []
     where = f"GPU ({settings.device})" if settings.device == "cuda" else f"CPU, {settings.threads} torch thread(s)"
@@ -634,10 +636,17 @@ def stage_finetune(settings: BenchSettings, work: Path) -> list[dict[str, Any]]:
         rows.append(make_row("6 fine-tuning", f"{name}: bf16 vs fp32 training", bf16["clips_per_s"], "clips/s", bf16["clips_per_s"] / fp32["clips_per_s"],
                              None, f"{where}; fp32 {fp32['clips_per_s']:.3g} clips/s; peak {bf16['peak_mb']:.0f} vs {fp32['peak_mb']:.0f} MB; "
                              "ratio = bf16 speed / fp32 speed (CPUs without bf16 units gain nothing)"))
+    shape = dict(clips=64, frames=150) if settings.preset != "tiny" else dict(clips=4, frames=10, layers=2, dim=16, batch=2)
+    reads = {w: store_read_rate(work, workers=w, **shape) for w in (0, 2)}
+    rows.append(make_row("6 fine-tuning", "float16 25-layer store -> batches, 2 reader workers vs 0", reads[2]["clips_per_s"], "clips/s",
+                         reads[2]["clips_per_s"] / reads[0]["clips_per_s"], None,
+                         f"{reads[2]['mb_per_s']:.0f} MB/s ({reads[0]['clips_per_s']:.0f} clips/s without workers); WavLM-large-shaped "
+                         f"[{shape['frames']}, {shape.get('layers', 25)}, {shape.get('dim', 1024)}] float16 clips, batch {shape.get('batch', 32)}, "
+                         "page cache warm; a GPU step of batch 32 needs 32 clips"))
     if settings.grid:
         result = grid_speedup(work / "grid")
         rows.append(make_row("6 fine-tuning", "comparison grid, 2 processes vs 1", result["seconds_many"], "s", result["speedup"], GOAL_GRID,
-                             f"{result['systems']} tiny systems x 4 splits on a generated 240-clip corpus; 1 process {result['seconds_one']:.1f} s; "
+                             f"{result['systems']} tiny systems x 4 splits, 16 epochs, on a generated 320-clip corpus; 1 process {result['seconds_one']:.1f} s; "
                              f"accelerate launch overhead included; tables {'identical' if result['same_table'] else 'DIFFER'}"))
     return rows
 

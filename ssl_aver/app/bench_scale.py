@@ -66,7 +66,7 @@ CLASSES = ("anger", "disgust", "fear", "happiness", "neutral", "sadness")
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 
-def grid_corpus(root: Path, speakers: int = 12, clips_per_speaker: int = 20, seed: int = 0) -> tuple[Path, Path, Path]:
+def grid_corpus(root: Path, speakers: int = 16, clips_per_speaker: int = 20, seed: int = 0) -> tuple[Path, Path, Path]:
     """A CSV corpus (manifest + empty media placeholders: the runs read the stores) and its audio
     [T, 32] / video [T, 48] stores whose frame means follow each clip's label."""
     from ssl_aver.features.store import ClipFeatures, write_clip_features
@@ -90,7 +90,7 @@ def grid_corpus(root: Path, speakers: int = 12, clips_per_speaker: int = 20, see
             write_clip_features(stores / "video", modality="video", clips=video))
 
 
-def grid_recipe(work: Path, out: Path, splits: int = 4, epochs: int = 3) -> Path:
+def grid_recipe(work: Path, out: Path, splits: int = 4, epochs: int = 16) -> Path:
     """A comparison of the demo's tiny systems (recipes/compare/demo.yaml, RAVER left out) on the grid corpus."""
     root, audio, video = (work / "corpus", work / "stores" / "audio", work / "stores" / "video")
     if not (root / "manifest.csv").is_file():
@@ -138,3 +138,33 @@ def grid_speedup(work: Path, processes: int = 2) -> dict[str, Any]:
     jobs = len(tables[0]["av"]["systems"]) + 2  # the AV systems + the two unimodal ones
     return {"seconds_one": seconds_one, "seconds_many": seconds_many, "speedup": seconds_one / seconds_many, "same_table": same,
             "processes": processes, "systems": jobs}
+
+
+def store_read_rate(work: Path, clips: int = 64, frames: int = 150, layers: int = 25, dim: int = 1024, batch: int = 32,
+                    workers: int = 0) -> dict[str, float]:
+    """Clips/s and MB/s at which fine-tuning's loader (AVDataset over a float16 layer-stacked store,
+    like a 25-layer WavLM-large store of CREMA-D: 3 s clips at 50 frames/s) delivers collated
+    batches with `workers` reader processes; the store is written once under `work`."""
+    import torch
+
+    from ssl_aver.av_dataset import AVDataset
+    from ssl_aver.features.store import ClipFeatures, write_clip_features
+
+    path = work / f"wavlm_like_{clips}x{frames}x{layers}x{dim}"
+    names = [f"clip_{i:04d}" for i in range(clips)]
+    if not (path / "meta.json").is_file():
+        rng = np.random.default_rng(0)
+        block = rng.standard_normal((frames, layers, dim)).astype(np.float16)
+        write_clip_features(path, {n: ClipFeatures(block, 50.0) for n in names}, "audio", dtype="float16")
+    import pandas as pd
+
+    dataset = AVDataset(pd.DataFrame({"clip": names}), [], audio=path, keep_dtype=True)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, collate_fn=dataset.collate, num_workers=workers,
+                                         persistent_workers=workers > 0)
+    for _ in loader:  # warm-up: page cache, worker start
+        pass
+    start = time.perf_counter()
+    for _ in loader:
+        pass
+    seconds = time.perf_counter() - start
+    return {"clips_per_s": clips / seconds, "mb_per_s": clips * frames * layers * dim * 2 / 2**20 / seconds}

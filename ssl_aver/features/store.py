@@ -148,17 +148,21 @@ def write_clip_features(
     extractor: str = "external",
     config: dict[str, Any] | None = None,
     weights: Any = "external",
+    dtype: str = "float32",
 ) -> Path:
     """A store from features computed elsewhere (another toolkit, a test), so any head can train on them.
 
-    The frame shape comes from the arrays; `config` keys the store like an extractor config does.
+    The frame shape comes from the arrays; `config` keys the store like an extractor config does;
+    `dtype` float16 halves the store (as an extractor's `store_dtype` does).
     """
     if modality not in ("audio", "video") or not clips:
         raise UserError("write_clip_features needs modality 'audio' or 'video' and at least one clip")
+    if dtype not in ("float32", "float16"):
+        raise UserError(f"dtype must be float32 or float16, got {dtype!r}")
     first = next(iter(clips.values())).array
     meta = {
         "extractor": extractor, "modality": modality, "config": dict(config or {}), "fingerprint": extractor,
-        "frame_shape": list(first.shape[1:]), "dtype": "float32", "layers": None, "fps": None, "weights": weights,
+        "frame_shape": list(first.shape[1:]), "dtype": dtype, "layers": None, "fps": None, "weights": weights,
         "has_mask": modality == "video",
     }
     writer = StoreWriter(path, meta)
