@@ -18,6 +18,7 @@ with the changed inputs named, or with `--force` recomputes every split.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ DEFAULTS: dict[str, Any] = {
         # no | bf16 | fp16 (torch.autocast of the training forward passes) and batches per optimizer step
         "mixed_precision": "no",
         "grad_accum": 1,
+        "tensorboard": True,  # per-epoch curves of every split in OUT/tensorboard/split_XX
         "num_workers": 0,
         "num_threads": 0,
     },
@@ -100,7 +102,7 @@ DEFAULTS: dict[str, Any] = {
 NEUTRAL_DEFAULTS = {"train.mixed_precision": "no", "train.grad_accum": 1}
 
 #: Config keys that cannot change a result, or whose content a checksum in inputs.json stands for.
-UNRECORDED_KEYS = ("output_dir", "progress", "device", "encoder", "features", "splits", "train.num_workers", "train.num_threads")
+UNRECORDED_KEYS = ("output_dir", "progress", "device", "encoder", "features", "splits", "train.num_workers", "train.num_threads", "train.tensorboard")
 
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 CONDITION_NAMES = {"av": "AV", "audio": "audio-only", "video": "video-only"}
@@ -540,7 +542,7 @@ def run_split(plan: RunPlan, k: int) -> dict[str, Any]:
 
     from ssl_aver.metrics import evaluate_predictions, evaluate_regression
 
-    from finetune.trainer import fit, predict_outputs
+    from finetune.trainer import close_log, fit, predict_outputs
 
     cfg, task, head_cls = plan.cfg, plan.task, plan.head_cls
     split_dir = plan.out / f"split_{k:02d}"
@@ -558,8 +560,15 @@ def run_split(plan: RunPlan, k: int) -> dict[str, Any]:
     pin = plan.device.type == "cuda"
     loaders = (_loader(data["train"], batch, True, int(cfg.seed) + k, workers, pin), _loader(data["dev"], batch, False, 0, workers, pin))
     trainer = getattr(model, "fit", None)
+    log_dir = str(plan.out / "tensorboard" / f"split_{k:02d}") if cfg.train.tensorboard else None
+    if log_dir:
+        shutil.rmtree(log_dir, ignore_errors=True)  # an interrupted attempt's curves
+    settings = dataclasses.replace(plan.settings, log_dir=log_dir)
     fit_start = time.perf_counter()
-    result = (trainer or (lambda *a, **kw: fit(model, *a, **kw)))(*loaders, loss_fn=loss_fn, settings=plan.settings, device=plan.device, progress=bool(cfg.progress))
+    try:
+        result = (trainer or (lambda *a, **kw: fit(model, *a, **kw)))(*loaders, loss_fn=loss_fn, settings=settings, device=plan.device, progress=bool(cfg.progress))
+    finally:
+        close_log(log_dir)
     train_seconds = time.perf_counter() - fit_start
     metrics: dict[str, Any] = {}
     hook = getattr(model, "extra_metrics", None)

@@ -64,6 +64,7 @@ class TrainSettings:
     max_steps: int | None = None
     mixed_precision: str = "no"  # no | bf16 | fp16
     grad_accum: int = 1
+    log_dir: str | None = None  # TensorBoard curves of every epoch record (finetune.run sets OUT/tensorboard/split_XX)
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in PRECISIONS:
@@ -107,6 +108,8 @@ class BestOnDev:
     def update(self, epoch: int, dev_loss: float, record: dict[str, float]) -> bool:
         """Record an epoch; True when `early_stop_patience` epochs passed without improvement."""
         self.result.history.append({**record, "lr": self.optimizer.param_groups[0]["lr"]})
+        if self.settings.log_dir:
+            log_scalars(self.settings.log_dir, self.result.history[-1])
         if dev_loss < self.result.best_dev_loss - 1e-9:
             self.result.best_dev_loss, self.result.best_epoch, self.stale = dev_loss, epoch, 0
             self.state = copy.deepcopy(self.model.state_dict())
@@ -122,6 +125,35 @@ class BestOnDev:
         """Load the best weights back into the model and return the fit's record."""
         self.model.load_state_dict(self.state)
         return self.result
+
+
+_WRITERS: dict[str, Any] = {}
+
+
+def log_scalars(log_dir: str, record: dict[str, float]) -> None:
+    """Append one epoch record to the TensorBoard events of `log_dir`, one step per record (a
+    head that fits in stages, like the two-stage model, continues the same curves).
+
+    A SummaryWriter, not accelerate's TensorBoardTracker: the tracker logs only on the main
+    process, and a grid's other processes train jobs of their own (`finetune.grid`)."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = _WRITERS.get(log_dir)
+    if writer is None:
+        writer = _WRITERS[log_dir] = SummaryWriter(log_dir)
+        writer.ssl_step = 0
+    writer.ssl_step += 1
+    for key, value in record.items():
+        if key != "epoch" and isinstance(value, (int, float)) and math.isfinite(value):
+            writer.add_scalar(key, value, writer.ssl_step)
+    writer.flush()
+
+
+def close_log(log_dir: str | None) -> None:
+    """Close the TensorBoard writer of `log_dir` (after a split's fit)."""
+    writer = _WRITERS.pop(log_dir, None) if log_dir else None
+    if writer is not None:
+        writer.close()
 
 
 def autocast(settings: TrainSettings, device: torch.device) -> contextlib.AbstractContextManager[Any]:

@@ -58,3 +58,22 @@ def test_a_run_on_float16_stores_equals_the_float32_run(tiny_crema, tmp_path):
         ]))
         results[dtype] = json.loads((out / "split_00" / "metrics.json").read_text())["history"]
     assert [h["dev_loss"] for h in results["float16"]] == [h["dev_loss"] for h in results["float32"]]
+
+
+def test_every_split_writes_its_tensorboard_curves(tiny_crema, tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    audio, video = _stores(tiny_crema, tmp_path, "float32")
+    out = tmp_path / "run"
+    finetune(build_config("recipes/finetune/vavl_crema_d.yaml", [
+        f"data.root={tiny_crema}", f"output_dir={out}", "splits.k=2", "train.epochs=3",
+        f"features.audio.store={audio}", f"features.video.store={video}", *TINY,
+    ]))
+    for k in range(2):
+        events = EventAccumulator(str(out / "tensorboard" / f"split_{k:02d}"))
+        events.Reload()
+        history = json.loads((out / f"split_{k:02d}" / "metrics.json").read_text())["history"]
+        dev = events.Scalars("dev_loss")
+        assert [e.step for e in dev] == [1, 2, 3]
+        assert np.allclose([e.value for e in dev], [h["dev_loss"] for h in history], rtol=1e-6)
+        assert {"train_audio_loss", "lr", "steps"} <= set(events.Tags()["scalars"])
