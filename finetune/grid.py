@@ -43,8 +43,6 @@ from omegaconf import DictConfig
 def process_state() -> Any:
     """accelerate's PartialState (rank, world size, device, barriers) of this process; on a
     machine without a GPU (or with ACCELERATE_USE_CPU=1) the processes join over gloo on the CPU."""
-    import os
-
     import torch
     from accelerate import PartialState
 
@@ -79,6 +77,8 @@ def release(split_dir: Path) -> None:
 def run_grid(configs: Mapping[str, DictConfig], force: bool = False, progress: bool = True) -> dict[str, dict[str, Any]]:
     """Fine-tune every system of `configs` (name -> finetune recipe) on every split, jobs sharded
     over the launched processes; returns {name: summary} (each run's metrics.json) in every process."""
+    from accelerate.utils import broadcast_object_list
+
     from ssl_aver.io import read_json
     from ssl_aver.progress import tqdm
 
@@ -92,8 +92,6 @@ def run_grid(configs: Mapping[str, DictConfig], force: bool = False, progress: b
     state.wait_for_everyone()
     if not state.is_main_process:
         plans = {name: plan_run(cfg, write=False, device=device) for name, cfg in configs.items()}
-    from accelerate.utils import broadcast_object_list
-
     session = broadcast_object_list([uuid.uuid4().hex if state.is_main_process else None])[0]
     jobs = [(name, k) for name, plan in plans.items() for k in range(len(plan.splits))]
     todo = [(name, k) for name, k in jobs if not split_done(plans[name], k)]

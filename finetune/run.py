@@ -18,10 +18,9 @@ with the changed inputs named, or with `--force` recomputes every split.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -563,7 +562,7 @@ def run_split(plan: RunPlan, k: int) -> dict[str, Any]:
     log_dir = str(plan.out / "tensorboard" / f"split_{k:02d}") if cfg.train.tensorboard else None
     if log_dir:
         shutil.rmtree(log_dir, ignore_errors=True)  # an interrupted attempt's curves
-    settings = dataclasses.replace(plan.settings, log_dir=log_dir)
+    settings = replace(plan.settings, log_dir=log_dir)
     fit_start = time.perf_counter()
     try:
         result = (trainer or (lambda *a, **kw: fit(model, *a, **kw)))(*loaders, loss_fn=loss_fn, settings=settings, device=plan.device, progress=bool(cfg.progress))

@@ -30,18 +30,18 @@ and all-reduce the gradients of processes that are training different jobs.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
-import contextlib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
 from torch import nn
-from ssl_aver.progress import tqdm
 
 from ssl_aver.errors import UserError
+from ssl_aver.progress import tqdm
 
 Batch = dict[str, torch.Tensor | list[str]]
 
