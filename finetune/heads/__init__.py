@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -60,6 +60,16 @@ class BuildContext:
     audio_stats: tuple[np.ndarray, np.ndarray] | None = None  # LLD mean/std of the training clips
     class_counts: np.ndarray = field(default_factory=lambda: np.zeros(0))  # positives per class in train
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def check_choice(cfg: Mapping[str, Any], key: str, choices: Sequence[str]) -> str:
+    """cfg[key] when it is one of `choices`, else a UserError naming the key and the choices."""
+    from ssl_aver.errors import UserError
+
+    value = str(cfg[key])
+    if value not in choices:
+        raise UserError(f"model.{key} must be one of {tuple(choices)}, got {cfg[key]!r}")
+    return value
 
 
 def head_class(name: str) -> Any:

@@ -78,8 +78,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.heads import BuildContext
-from finetune.heads.mult import POOLINGS, AVFrontEnd, ResidualMLP, TransformerStack, check_choice, pool
+from finetune.heads import BuildContext, check_choice
+from finetune.heads.mult import POOLINGS, AVFrontEnd, ResidualMLP, TransformerStack, pool
 from finetune.heads.vavl import ccc_loss, encoder_branch, valid_mean
 from ssl_aver.errors import UserError
 from ssl_aver.masking import drop_frames

@@ -64,7 +64,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.heads import BuildContext
+from finetune.heads import BuildContext, check_choice
 from finetune.heads.vavl import AcousticInput, MaskedConv1d, encoder_branch, valid_mean
 from ssl_aver.errors import UserError
 from ssl_aver.models.blocks import sinusoidal_positions
@@ -85,14 +85,6 @@ def last_valid(x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
 def pool(x: torch.Tensor, valid: torch.Tensor, how: str) -> torch.Tensor:
     """[N, T, D] -> [N, D] by `how` ("mean" over valid frames or the "last" valid frame)."""
     return valid_mean(x, valid) if how == "mean" else last_valid(x, valid)
-
-
-def check_choice(cfg: Mapping[str, Any], key: str, choices: Sequence[str]) -> str:
-    """cfg[key] when it is one of `choices`, else a UserError naming the key and the choices."""
-    value = str(cfg[key])
-    if value not in choices:
-        raise UserError(f"model.{key} must be one of {tuple(choices)}, got {cfg[key]!r}")
-    return value
 
 
 class TransformerLayer(nn.Module):

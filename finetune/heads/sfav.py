@@ -94,7 +94,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.heads import BuildContext
+from finetune.heads import BuildContext, check_choice
 from finetune.heads.vavl import AcousticInput, MaskedConv1d, encoder_branch, valid_mean
 from ssl_aver.errors import UserError
 from ssl_aver.masking import drop_frames
@@ -200,10 +200,7 @@ class SFAVHead(nn.Module):
         super().__init__()
         if not ctx.video_shape or len(ctx.video_shape) != 1:
             raise UserError(f"SFAV needs a visual store with [T, D] frames, got {ctx.video_shape}")
-        for key, choices in (("fusion", FUSIONS), ("moddrop", MODDROPS)):
-            if cfg[key] not in choices:
-                raise UserError(f"model.{key} must be one of {choices}, got {cfg[key]!r}")
-        self.fusion, self.moddrop = str(cfg["fusion"]), str(cfg["moddrop"])
+        self.fusion, self.moddrop = check_choice(cfg, "fusion", FUSIONS), check_choice(cfg, "moddrop", MODDROPS)
         audio_ch = [int(c) for c in cfg["audio_channels"]]
         video_ch = [int(c) for c in cfg["video_channels"]]
         self.fusion_block = int(cfg["fusion_block"])

@@ -60,7 +60,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from finetune.heads import BuildContext
+from finetune.heads import BuildContext, check_choice
 from finetune.heads.vavl import AcousticInput, encoder_branch
 from ssl_aver.errors import UserError
 from ssl_aver.models.blocks import AttentionLayer, FeedForward, sinusoidal_positions
@@ -99,13 +99,10 @@ class TSLTMHead(nn.Module):
         super().__init__()
         if not ctx.video_shape or len(ctx.video_shape) != 1:
             raise UserError(f"TSLTM needs a visual store with [T, D] frames, got {ctx.video_shape}")
-        for key, choices in (("pool", POOLS), ("combine", COMBINES)):
-            if cfg[key] not in choices:
-                raise UserError(f"model.{key} must be one of {choices}, got {cfg[key]!r}")
         d, heads, ff, drop = int(cfg["d_model"]), int(cfg["n_heads"]), int(cfg["ff_dim"]), float(cfg["dropout"])
         if heads < 1 or d % heads:
             raise UserError(f"model.n_heads={heads} must divide model.d_model={d}")
-        self.pool, self.combine, self.shared_lstm = str(cfg["pool"]), str(cfg["combine"]), bool(cfg["shared_lstm"])
+        self.pool, self.combine, self.shared_lstm = check_choice(cfg, "pool", POOLS), check_choice(cfg, "combine", COMBINES), bool(cfg["shared_lstm"])
         self.acoustic = AcousticInput(ctx)
         if self.acoustic.kind == "stacked":
             self.layer_sum = LWSum(self.acoustic.n_layers)

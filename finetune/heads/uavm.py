@@ -67,7 +67,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from finetune.heads import BuildContext
+from finetune.heads import BuildContext, check_choice
 from finetune.heads.vavl import AcousticInput, encoder_branch, select_rows, valid_mean
 from ssl_aver.errors import UserError
 from ssl_aver.models.blocks import SelfAttention
@@ -147,8 +147,7 @@ class UAVMHead(nn.Module):
         super().__init__()
         if not ctx.video_shape or len(ctx.video_shape) != 1:
             raise UserError(f"UAVM needs a visual store with [T, D] frames, got {ctx.video_shape}")
-        if cfg["av_fusion"] not in AV_FUSIONS:
-            raise UserError(f"model.av_fusion must be one of {AV_FUSIONS}, got {cfg['av_fusion']!r}")
+        check_choice(cfg, "av_fusion", AV_FUSIONS)
         self.audio_prob = float(cfg["audio_prob"])
         if not 0.0 <= self.audio_prob <= 1.0:
             raise UserError(f"model.audio_prob is the chance a training batch goes through audio (0..1), got {self.audio_prob}")

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import nn
 from ssl_aver.progress import tqdm
 
-from finetune.heads import BuildContext
+from finetune.heads import BuildContext, check_choice
 from finetune.trainer import BestOnDev, FitResult, Stepper, TrainSettings, autocast, epoch_range, make_optimizer, move
 from ssl_aver.errors import UserError
 from ssl_aver.models.conformer import SUBSAMPLE_FACTORS, Conformer, ConvSubsampling
@@ -189,8 +189,7 @@ class VAVLHead(nn.Module):
         if not ctx.video_shape or len(ctx.video_shape) != 1:
             raise UserError(f"VAVL needs a visual store with [T, D] frames, got {ctx.video_shape}")
         for key, choices in (("objective", OBJECTIVES), ("fusion", FUSIONS), ("select_on", SELECT_ON)):
-            if cfg[key] not in choices:
-                raise UserError(f"model.{key} must be one of {choices}, got {cfg[key]!r}")
+            check_choice(cfg, key, choices)
         if cfg["objective"] == "ccc" and ctx.task in ("multiclass", "multilabel"):
             raise UserError(
                 f"model.objective=ccc is a regression objective but data.target is {ctx.task} (class targets): "

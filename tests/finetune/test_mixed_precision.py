@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -19,7 +20,7 @@ from ssl_aver.app.bench import BenchSettings, synthetic_head_batches, target_lay
 from ssl_aver.errors import UserError
 from ssl_aver.models.encoder import EncoderConfig, SSLEncoder
 
-ROOT = __import__("pathlib").Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def tiny_model(name: str) -> dict:
@@ -31,8 +32,7 @@ def tiny_model(name: str) -> dict:
         if system["head"] == name:
             for item in system["overrides"]:
                 key, _, value = item.partition("=")
-                node, *rest = key.removeprefix("model.").split(".")
-                cfg[node] = yaml.safe_load(value)
+                cfg[key.removeprefix("model.")] = yaml.safe_load(value)
             return cfg
     recipe = {"two_stage_audio": "two_stage", "two_stage_video": "two_stage"}.get(name, name)
     path = ROOT / f"recipes/finetune/{recipe}_demo.yaml"
